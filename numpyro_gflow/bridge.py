@@ -1,0 +1,272 @@
+"""The one bridge from a NumPyro model to a flat, unconstrained log density.
+
+Every engine sees the posterior through :class:`ModelBridge`: a vector ``z`` in R^d (NumPyro's
+unconstrained space, sites raveled in a fixed order), ``log_density(z)``, its gradient, batched
+versions over particles, and ``constrain`` back to NumPyro's site dict (deterministic sites
+included). The potential, transforms and postprocessing are NumPyro's own
+(:func:`numpyro.infer.util.potential_energy`, :func:`~numpyro.infer.util.constrain_fn`,
+:func:`~numpyro.infer.util.find_valid_initial_params`); this module adds validation with errors
+that name the offending site, and mini-batch plates.
+
+Mini-batches: a plate declared with ``subsample_size`` draws its indices from a key passed to
+``log_density(z, rng_key=...)`` (the same indices for every particle of a step, drawn without
+replacement); NumPyro's plate then rescales the likelihood by ``size / subsample_size``, so the
+estimate is unbiased. Without a key the full data are used.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from numpyro import handlers
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.util import (
+    constrain_fn,
+    find_valid_initial_params,
+    log_likelihood,
+    potential_energy,
+)
+
+__all__ = ["ModelBridge", "SubsamplePlate", "split_static_args"]
+
+
+class SubsamplePlate(NamedTuple):
+    name: str
+    size: int
+    subsample_size: int
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+def split_static_args(args: tuple, kwargs: dict):
+    """Split model inputs into array leaves (traced under jit) and a hashable static rest.
+
+    Python scalars, strings and other non-array leaves stay static so that models using them for
+    shapes or control flow still trace; arrays are passed as dynamic inputs so a second run with
+    same-shaped data reuses the compiled program.
+    """
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    dynamic, static = [], []
+    for leaf in leaves:
+        if _is_array(leaf):
+            dynamic.append(leaf)
+            static.append(None)
+        else:
+            static.append(leaf)
+    signature = (
+        treedef,
+        tuple(static),
+        tuple((jnp.shape(x), jnp.result_type(x)) for x in dynamic),
+    )
+    return dynamic, static, treedef, signature
+
+
+def merge_static_args(dynamic, static, treedef):
+    it = iter(dynamic)
+    leaves = [next(it) if s is None else s for s in static]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def _trace_model(model, rng_key, args, kwargs):
+    return handlers.trace(handlers.seed(model, rng_key)).get_trace(*args, **kwargs)
+
+
+class ModelBridge:
+    """A NumPyro model with fixed inputs, seen as a log density on R^d.
+
+    Built by :meth:`from_model`, which traces the model once to validate it and to fix the
+    order and shapes of the latent sites. All methods below are pure JAX functions of their
+    array arguments and can be jit-compiled, vmapped and differentiated. ``args``/``kwargs``
+    are passed explicitly so one compiled program serves any data of the same shapes.
+    """
+
+    def __init__(self, model, prototype: dict, plates: tuple[SubsamplePlate, ...],
+                 observed_sites: tuple[str, ...], deterministic_sites: tuple[str, ...]):
+        self.model = model
+        self.prototype = prototype
+        flat, self._unravel = ravel_pytree(prototype)
+        self.dim = int(flat.shape[0])
+        self.site_names = tuple(prototype.keys())
+        self.subsample_plates = plates
+        self.observed_sites = observed_sites
+        self.deterministic_sites = deterministic_sites
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_model(cls, model, *args, rng_key=None, **kwargs) -> "ModelBridge":
+        """Trace ``model(*args, **kwargs)`` once; raise a clear error for unsupported models."""
+        rng_key = jax.random.key(0) if rng_key is None else rng_key
+        try:
+            tr = _trace_model(model, rng_key, args, kwargs)
+        except Exception as e:  # the model itself failed: say so with the model's own error
+            raise ValueError(f"running the model to trace its sites failed: {e!r}") from e
+        latent, observed, deterministic, plates = {}, [], [], []
+        for name, site in tr.items():
+            if site["type"] == "sample":
+                if site["is_observed"]:
+                    observed.append(name)
+                    continue
+                if site["fn"].support.is_discrete:
+                    raise ValueError(
+                        f"latent site {name!r} is discrete ({type(site['fn']).__name__}); "
+                        "numpyro-gflow engines move continuous particles and do not support "
+                        "discrete latent sites, enumerated (infer={'enumerate': 'parallel'}) or "
+                        "not. Marginalise the site out by hand or make it continuous."
+                    )
+                latent[name] = site
+            elif site["type"] == "deterministic":
+                deterministic.append(name)
+            elif site["type"] == "plate":
+                size, subsample_size = site["args"]
+                if subsample_size is not None and subsample_size < size:
+                    plates.append(SubsamplePlate(name, int(size), int(subsample_size)))
+        if not latent:
+            raise ValueError(
+                "the model has no latent sample sites: there is nothing to infer "
+                "(every numpyro.sample site is observed)."
+            )
+        from numpyro.distributions import biject_to
+
+        prototype = {}
+        for name, site in latent.items():
+            transform = biject_to(site["fn"].support)
+            prototype[name] = jnp.zeros(
+                jnp.shape(transform.inv(site["value"])), dtype=jnp.result_type(float)
+            )
+        return cls(model, prototype, tuple(plates), tuple(observed), tuple(deterministic))
+
+    # ------------------------------------------------------------------ flatten / unflatten
+    def flatten(self, params: dict) -> jax.Array:
+        """Site dict (unconstrained) -> flat vector of length ``dim``."""
+        return ravel_pytree({k: params[k] for k in self.site_names})[0]
+
+    def unflatten(self, z: jax.Array) -> dict:
+        return self._unravel(z)
+
+    def flatten_batch(self, params: dict) -> jax.Array:
+        return jax.vmap(self.flatten)(params)
+
+    def unflatten_batch(self, z: jax.Array) -> dict:
+        return jax.vmap(self.unflatten)(z)
+
+    # ------------------------------------------------------------------ mini-batches
+    def _model_with_plates(self, rng_key=None):
+        """The model with every subsampled plate fixed: to random indices, or the full range."""
+        if not self.subsample_plates:
+            return self.model
+        data = {}
+        keys = (jax.random.split(rng_key, len(self.subsample_plates))
+                if rng_key is not None else [None] * len(self.subsample_plates))
+        for plate, key in zip(self.subsample_plates, keys):
+            if key is None:
+                data[plate.name] = jnp.arange(plate.size)
+            else:
+                data[plate.name] = jax.random.permutation(key, plate.size)[: plate.subsample_size]
+        return handlers.substitute(self.model, data=data)
+
+    # ------------------------------------------------------------------ densities
+    def log_density(self, z, args=(), kwargs=None, rng_key=None):
+        """Unnormalised log posterior at flat unconstrained ``z`` (Jacobian included)."""
+        kwargs = {} if kwargs is None else kwargs
+        model = self._model_with_plates(rng_key)
+        return -potential_energy(model, args, kwargs, self.unflatten(z))
+
+    def value_and_grad(self, z, args=(), kwargs=None, rng_key=None):
+        return jax.value_and_grad(self.log_density)(z, args, kwargs, rng_key)
+
+    def batch_value_and_grad(self, z, args=(), kwargs=None, rng_key=None):
+        """Log density and score at each row of ``z`` (n, d); one mini-batch for all rows."""
+        return jax.vmap(self.value_and_grad, in_axes=(0, None, None, None))(z, args, kwargs, rng_key)
+
+    def batch_score(self, z, args=(), kwargs=None, rng_key=None):
+        return self.batch_value_and_grad(z, args, kwargs, rng_key)[1]
+
+    def score_fn(self, args=(), kwargs=None) -> Callable:
+        """``(z, rng_key) -> (log_density, score)`` batched over rows; what engine cores take."""
+        return lambda z, rng_key=None: self.batch_value_and_grad(z, args, kwargs, rng_key)
+
+    # ------------------------------------------------------------------ constrain
+    def constrain(self, z, args=(), kwargs=None):
+        """Flat unconstrained ``z`` (one point) -> constrained site dict incl. deterministic sites."""
+        kwargs = {} if kwargs is None else kwargs
+        model = self._model_with_plates(None)
+        return constrain_fn(model, args, kwargs, self.unflatten(z), return_deterministic=True)
+
+    def constrain_batch(self, z, args=(), kwargs=None):
+        return jax.vmap(self.constrain, in_axes=(0, None, None))(z, args, kwargs)
+
+    def log_likelihood(self, z, args=(), kwargs=None):
+        """Pointwise log-likelihood of each observed site at each row of ``z`` (n, d)."""
+        kwargs = {} if kwargs is None else kwargs
+        samples = self.constrain_batch(z, args, kwargs)
+        samples = {k: samples[k] for k in self.site_names}
+        return log_likelihood(self._model_with_plates(None), samples, *args, **kwargs)
+
+    def observed_values(self, args=(), kwargs=None) -> dict:
+        kwargs = {} if kwargs is None else kwargs
+        tr = _trace_model(self._model_with_plates(None), jax.random.key(0), args, kwargs)
+        return {k: tr[k]["value"] for k in self.observed_sites if k in tr}
+
+    # ------------------------------------------------------------------ initialisation
+    def init_particles(self, rng_keys, args=(), kwargs=None, init_strategy=init_to_uniform):
+        """One valid initial point per key, by NumPyro's own search.
+
+        Returns ``(z (n, d), is_valid (n,))``; traceable (no host sync).
+        """
+        kwargs = {} if kwargs is None else kwargs
+        model = self._model_with_plates(None)
+
+        def one(key):
+            (params, _, _), ok = find_valid_initial_params(
+                key, model, init_strategy=init_strategy, model_args=args,
+                model_kwargs=kwargs, prototype_params=self.prototype,
+            )
+            return self.flatten(params), ok
+
+        return jax.vmap(one)(rng_keys)
+
+    def check_finite(self, z, args=(), kwargs=None):
+        """Raise ``ValueError`` naming the sites whose value or log density is not finite at ``z``.
+
+        Used after initialisation fails: NumPyro only says "cannot find valid initial
+        parameters"; we say which site is to blame.
+        """
+        kwargs = {} if kwargs is None else kwargs
+        values = self.constrain(z, args, kwargs)
+        model = handlers.substitute(self._model_with_plates(None),
+                                    data={k: values[k] for k in self.site_names})
+        tr = _trace_model(model, jax.random.key(0), args, kwargs)
+        bad = []
+        for name, site in tr.items():
+            if site["type"] != "sample":
+                continue
+            value_ok = bool(jnp.all(jnp.isfinite(site["value"])))
+            lp = site["fn"].log_prob(site["value"])
+            lp_ok = bool(jnp.all(jnp.isfinite(lp)))
+            if not (value_ok and lp_ok):
+                kind = "observed" if site["is_observed"] else "latent"
+                what = "value" if not value_ok else "log density"
+                bad.append(f"{name!r} ({kind}, non-finite {what})")
+        grad = jax.grad(self.log_density)(z, args, kwargs)
+        if not bad and not bool(jnp.all(jnp.isfinite(grad))):
+            grad_sites = self.unflatten(grad)
+            bad = [f"{k!r} (non-finite gradient)" for k, g in grad_sites.items()
+                   if not bool(jnp.all(jnp.isfinite(g)))]
+        if bad:
+            raise ValueError(
+                "the model's log density is not finite at the initial point; sites to blame: "
+                + ", ".join(bad)
+                + ". Check the observed data lie in each distribution's support and that "
+                "parameters (scales, concentrations) are valid."
+            )
+        raise ValueError(
+            "the model's log density is not finite at the initial point, but no single site "
+            "could be blamed; check the model."
+        )
+

@@ -1,0 +1,198 @@
+"""The NumPyro-facing shell shared by the particle engines.
+
+A particle engine is two things at once:
+
+* an engine: ``Engine(model, ...).run(rng_key, num_steps, *args, **kwargs)`` returns an
+  :class:`~numpyro_gflow.result.InferenceResult`; the whole loop is one compiled ``lax.scan``,
+  compiled once per input shapes and reused by later runs;
+* an ensemble :class:`numpyro.infer.mcmc.MCMCKernel` (like ``numpyro.infer.AIES``): with
+  ``MCMC(engine, num_warmup=W, num_samples=S, num_chains=n, chain_method="vectorized")`` each
+  chain is a particle and each MCMC step is one engine step. For the same key, the particles
+  after ``W + S`` MCMC steps are those of ``run(key, W + S)``.
+
+A subclass supplies the pure core: ``_core_init(particles, rng_key) -> State`` and
+``_core_step(state, score_fn) -> (State, Info)``. Core states are NamedTuples with
+``particles`` (n, d) and ``rng_key`` fields; ``Info`` is a NamedTuple of scalars traced per
+step, whose field named by ``objective`` is the engine's objective.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.mcmc import MCMCKernel
+from numpyro.util import is_prng_key
+
+from numpyro_gflow import progress
+from numpyro_gflow._validate import positive_int
+from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_args
+from numpyro_gflow.result import InferenceResult
+
+__all__ = ["ParticleEngine"]
+
+
+class _Compiled(NamedTuple):
+    bridge: ModelBridge
+    init: Callable
+    run: Callable
+    static: tuple
+    treedef: object
+
+
+class ParticleEngine(MCMCKernel):
+    #: name of the Info field that is the engine's objective (shown in the progress bar)
+    objective: str = ""
+
+    def __init__(self, model, *, num_particles: int | None = 100, init_strategy=init_to_uniform):
+        if not callable(model):
+            raise TypeError(f"model must be a callable NumPyro model, got {type(model).__name__}")
+        self._model = model
+        self.num_particles = None if num_particles is None else positive_int("num_particles", num_particles, 2)
+        self.init_strategy = init_strategy
+        self._compiled: dict = {}
+        self._kernel_bridge: ModelBridge | None = None
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _core_init(self, particles: jax.Array, rng_key):
+        raise NotImplementedError
+
+    def _core_step(self, state, score_fn: Callable):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ compilation cache
+    def _prepare(self, args, kwargs) -> tuple[_Compiled, list]:
+        """Bridge and compiled init/run for these input shapes (built once, then reused)."""
+        dynamic, static, treedef, signature = split_static_args(args, kwargs)
+        try:
+            cached = self._compiled.get(signature)
+        except TypeError:  # unhashable static input: no cache
+            signature, cached = None, None
+        if cached is not None:
+            return cached, dynamic
+        bridge = ModelBridge.from_model(self._model, *args, **kwargs)
+
+        def model_inputs(dyn):
+            return merge_static_args(dyn, static, treedef)
+
+        def init_fn(keys, dyn):
+            a, kw = model_inputs(dyn)
+            return bridge.init_particles(keys, a, kw, self.init_strategy)
+
+        def run_fn(state, dyn, bar_id, num_steps, every):
+            a, kw = model_inputs(dyn)
+            score_fn = bridge.score_fn(a, kw)
+
+            def body(state, i):
+                state, info = self._core_step(state, score_fn)
+                progress.tick(bar_id, i + 1, getattr(info, self.objective), every)
+                return state, info
+
+            return lax.scan(body, state, jnp.arange(num_steps))
+
+        compiled = _Compiled(bridge, jax.jit(init_fn),
+                             jax.jit(run_fn, static_argnames=("num_steps", "every")),
+                             static, treedef)
+        if signature is not None:
+            self._compiled[signature] = compiled
+        return compiled, dynamic
+
+    def _initial_particles(self, compiled: _Compiled, dynamic, keys, init_params):
+        bridge = compiled.bridge
+        if init_params is not None:
+            z = bridge.flatten_batch(init_params)
+            if z.shape[0] != keys.shape[0]:
+                raise ValueError(f"init_params has {z.shape[0]} rows, expected one per particle ({keys.shape[0]})")
+            return z
+        z, ok = compiled.init(keys, dynamic)
+        if not bool(jnp.all(ok)):
+            args, kwargs = merge_static_args(dynamic, compiled.static, compiled.treedef)
+            bridge.check_finite(z[int(jnp.argmin(ok))], args, kwargs)
+        return z
+
+    @staticmethod
+    def _state_key(keys):
+        # the engine's own randomness (mini-batches), independent of the particles' init draws
+        return jax.random.fold_in(keys[0], 0x6F1)
+
+    # ------------------------------------------------------------------ engine API
+    def run(self, rng_key, num_steps: int, *args, progress_bar: bool = True, init_params=None,
+            init_state=None, **kwargs) -> InferenceResult:
+        """Run ``num_steps`` steps on ``model(*args, **kwargs)``.
+
+        Args:
+            rng_key: a JAX PRNG key; the same key gives the same result.
+            num_steps: number of engine steps.
+            progress_bar: show a tqdm bar (updated from inside the compiled loop).
+            init_params: optional dict of unconstrained initial values, leading dim = particles.
+            init_state: continue from ``result.state`` of an earlier run on the same inputs.
+        """
+        num_steps = positive_int("num_steps", num_steps)
+        if not is_prng_key(rng_key):
+            raise TypeError("rng_key must be a JAX PRNG key, e.g. jax.random.key(0)")
+        if self.num_particles is None:
+            raise ValueError("num_particles is required for run() (MCMC takes it from num_chains)")
+        compiled, dynamic = self._prepare(args, kwargs)
+        if init_state is None:
+            keys = jax.random.split(rng_key, self.num_particles)
+            z = self._initial_particles(compiled, dynamic, keys, init_params)
+            init_state = self._core_init(z, self._state_key(keys))
+        bar = progress.ProgressBar(num_steps, type(self).__name__, enabled=progress_bar)
+        with bar as bar_id:
+            state, info = compiled.run(init_state, dynamic, bar_id, num_steps=num_steps,
+                                       every=progress.every_for(num_steps))
+            if progress_bar:
+                jax.block_until_ready(state)
+                jax.effects_barrier()
+                bar.finish()
+        self._check_finite_result(state.particles)
+        return InferenceResult(
+            type(self).__name__, compiled.bridge, args, kwargs, state.particles,
+            info._asdict(), state=state, objective=self.objective,
+        )
+
+    def _check_finite_result(self, particles):
+        bad = ~jnp.all(jnp.isfinite(particles), axis=-1)
+        if bool(jnp.any(bad)):
+            raise FloatingPointError(
+                f"{type(self).__name__}: {int(jnp.sum(bad))} of {particles.shape[0]} particles "
+                "became non-finite; lower the step size or use an adaptive optimizer."
+            )
+
+    # ------------------------------------------------------------------ MCMCKernel API
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def sample_field(self):
+        return "particles"
+
+    @property
+    def is_ensemble_kernel(self):
+        return True
+
+    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
+        if is_prng_key(rng_key) or jnp.ndim(rng_key) == 0:
+            raise ValueError(
+                f"{type(self).__name__} is an ensemble kernel: use MCMC(..., num_chains=n_particles, "
+                "chain_method='vectorized') with num_chains >= 2 (each chain is a particle)."
+            )
+        compiled, dynamic = self._prepare(model_args, model_kwargs)
+        self._kernel_bridge = compiled.bridge
+        z = self._initial_particles(compiled, dynamic, rng_key, init_params)
+        return self._core_init(z, self._state_key(rng_key))
+
+    def sample(self, state, model_args, model_kwargs):
+        score_fn = self._kernel_bridge.score_fn(model_args, model_kwargs)
+        return self._core_step(state, score_fn)[0]
+
+    def postprocess_fn(self, model_args, model_kwargs):
+        bridge = self._kernel_bridge
+        return lambda z: bridge.constrain(z, model_args, model_kwargs)
+
+    def get_diagnostics_str(self, state):
+        return ""

@@ -1,0 +1,79 @@
+"""A tqdm progress bar driven from inside a compiled ``lax.scan``, as NumPyro shows them.
+
+The compiled loop calls back to the host only every ``every`` steps (``jax.debug.callback``
+under ``lax.cond``), so the bar costs nothing measurable. Bars live in a registry keyed by an
+integer id passed as a traced argument: the compiled program never changes between runs, so a
+second run with a new bar does not recompile.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from tqdm.auto import tqdm
+
+_BARS: dict[int, tqdm] = {}
+_NAMES: dict[int, str] = {}
+_IDS = itertools.count(1)
+_LOCK = threading.Lock()
+
+
+def _update(bar_id, step, value):
+    bar = _BARS.get(int(bar_id))
+    if bar is None:
+        return
+    with _LOCK:
+        step = int(step)
+        if step > bar.n:
+            if int(bar_id) in _NAMES:  # first report: compilation is over
+                bar.set_description(_NAMES.pop(int(bar_id)), refresh=False)
+            bar.update(step - bar.n)
+            if np.isfinite(value):
+                bar.set_postfix_str(f"objective={float(value):.4g}", refresh=False)
+
+
+def every_for(num_steps: int) -> int:
+    """Update about 50 times per run (never more often than every step)."""
+    return max(1, num_steps // 50)
+
+
+def tick(bar_id, step, value, every: int):
+    """Inside the scan: report ``step`` (1-based count of finished steps) every ``every`` steps."""
+    def report():
+        jax.debug.callback(_update, bar_id, step, value)
+
+    lax.cond((step % every == 0) & (bar_id > 0), report, lambda: None)
+
+
+class ProgressBar:
+    """Context manager: opens a bar, yields its id (0 when disabled), closes it at the end."""
+
+    def __init__(self, num_steps: int, description: str, enabled: bool = True):
+        self.num_steps, self.description, self.enabled = num_steps, description, enabled
+        self.id = 0
+
+    def __enter__(self) -> jax.Array:
+        if self.enabled:
+            self.id = next(_IDS)
+            _BARS[self.id] = tqdm(total=self.num_steps, desc=f"Compiling.. {self.description}")
+            _NAMES[self.id] = self.description
+        return jnp.asarray(self.id, jnp.int32)
+
+    def finish(self):
+        bar = _BARS.get(self.id)
+        if bar is not None:
+            _NAMES.pop(self.id, None)
+            bar.set_description(self.description, refresh=False)
+            bar.update(self.num_steps - bar.n)
+
+    def __exit__(self, *exc):
+        bar = _BARS.pop(self.id, None)
+        _NAMES.pop(self.id, None)
+        if bar is not None:
+            bar.close()
+        return False

@@ -1,0 +1,129 @@
+"""One result type for every engine."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from numpyro_gflow.bridge import ModelBridge
+
+__all__ = ["InferenceResult"]
+
+
+class InferenceResult:
+    """What an engine's ``run`` returns.
+
+    Attributes:
+        engine: the engine's name.
+        unconstrained: (n, d) flat points in NumPyro's unconstrained space (particles, or the
+            engine's representative draws).
+        trace: dict of per-step arrays (length ``num_steps``), the engine's objective among them.
+        state: the engine's final state (a NamedTuple), to continue or inspect.
+        bridge: the :class:`~numpyro_gflow.bridge.ModelBridge` the engine ran on.
+        guide, params: a NumPyro guide and its parameters, for engines that fit a density
+            (``Predictive(model, guide=result.guide, params=result.params, num_samples=...)``);
+            ``None`` for particle engines, whose samples go to ``Predictive`` directly.
+    """
+
+    def __init__(self, engine: str, bridge: ModelBridge, model_args: tuple, model_kwargs: dict,
+                 unconstrained: jax.Array, trace: dict, state=None,
+                 sampler: Optional[Callable] = None, objective: str | None = None,
+                 guide=None, params=None):
+        self.engine = engine
+        self.bridge = bridge
+        self.model_args = model_args
+        self.model_kwargs = model_kwargs
+        self.unconstrained = unconstrained
+        self.trace = {k: np.asarray(v) for k, v in trace.items()}
+        self.state = state
+        self.objective = objective
+        self.guide = guide
+        self.params = params
+        self._sampler = sampler
+        self._samples = None
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.unconstrained.shape[0])
+
+    def _constrain(self, z):
+        return self.bridge.constrain_batch(z, self.model_args, self.model_kwargs)
+
+    def get_samples(self, num_samples: int | None = None, rng_key=None,
+                    group_by_chain: bool = False) -> dict:
+        """Posterior samples in NumPyro's format: site name -> array, constrained space.
+
+        Without arguments: the engine's points (for particle engines, the particles), leading
+        dimension ``n``, deterministic sites included. With ``num_samples`` and ``rng_key``:
+        fresh draws, for engines that fit a distribution. ``group_by_chain=True`` adds a leading
+        chain dimension of size 1, as ``MCMC.get_samples`` does.
+        """
+        if num_samples is None and rng_key is None:
+            if self._samples is None:
+                self._samples = self._constrain(self.unconstrained)
+            samples = self._samples
+        else:
+            if self._sampler is None:
+                raise ValueError(
+                    f"{self.engine} returns a fixed set of {self.num_samples} particles and has no "
+                    "density to draw fresh samples from; call get_samples() without arguments."
+                )
+            if num_samples is None or rng_key is None:
+                raise TypeError("get_samples(num_samples, rng_key): give both to draw fresh samples")
+            samples = self._constrain(self._sampler(rng_key, num_samples))
+        if group_by_chain:
+            samples = jax.tree.map(lambda x: x[None], samples)
+        return samples
+
+    def log_density(self) -> jax.Array:
+        """Unnormalised log posterior (unconstrained space, Jacobian included) of each point."""
+        args, kwargs = self.model_args, self.model_kwargs
+        return jax.vmap(lambda z: self.bridge.log_density(z, args, kwargs))(self.unconstrained)
+
+    def log_likelihood(self) -> dict:
+        """Pointwise log-likelihood of each observed site at each point: site -> (n, ...)."""
+        return self.bridge.log_likelihood(self.unconstrained, self.model_args, self.model_kwargs)
+
+    def to_arviz(self, log_likelihood: bool = True):
+        """An ArviZ ``DataTree``.
+
+        Groups: ``posterior`` (dims ``chain`` = 1, ``draw`` = points), ``log_likelihood`` (so
+        ``az.loo`` works), ``observed_data``, ``sample_stats`` (``lp``: each point's log
+        density) and ``trace`` (dim ``step``: the per-step objective and the engine's other
+        per-step numbers).
+        """
+        import xarray as xr
+        from arviz_base import from_dict
+
+        to_np = lambda tree: {k: np.asarray(v)[None] for k, v in tree.items()}  # noqa: E731
+        groups = {
+            "posterior": to_np(self.get_samples()),
+            "sample_stats": {"lp": np.asarray(self.log_density())[None]},
+        }
+        if log_likelihood and self.bridge.observed_sites:
+            groups["log_likelihood"] = to_np(self.log_likelihood())
+            observed = self.bridge.observed_values(self.model_args, self.model_kwargs)
+            groups["observed_data"] = {k: np.asarray(v) for k, v in observed.items()}
+        dt = from_dict(groups, dims=self._obs_dims(groups))
+        dt["trace"] = xr.DataTree(xr.Dataset(
+            {k: (("step",), np.asarray(v)) for k, v in self.trace.items()},
+            coords={"step": np.arange(1, len(next(iter(self.trace.values()), [])) + 1)},
+            attrs={"engine": self.engine, "objective": self.objective or ""},
+        ))
+        dt.attrs["inference_library"] = "numpyro_gflow"
+        dt.attrs["engine"] = self.engine
+        return dt
+
+    def _obs_dims(self, groups):
+        # pointwise log-likelihood and observed values share dims, so az.loo can line them up
+        dims = {}
+        for k, v in groups.get("observed_data", {}).items():
+            dims[k] = [f"{k}_dim_{i}" for i in range(np.ndim(v))]
+        return dims
+
+    def __repr__(self):
+        shapes = {k: tuple(v.shape) for k, v in self.get_samples().items()}
+        return f"InferenceResult(engine={self.engine!r}, samples={shapes})"
