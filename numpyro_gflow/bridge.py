@@ -16,6 +16,7 @@ estimate is unbiased. Without a key the full data are used.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, NamedTuple
 
 import jax
@@ -92,7 +93,7 @@ class ModelBridge:
         self.prototype = prototype
         flat, self._unravel = ravel_pytree(prototype)
         self.dim = int(flat.shape[0])
-        self.site_names = tuple(prototype.keys())
+        self.site_names = tuple(self._unravel(flat).keys())  # the raveling order (sorted by name)
         self.subsample_plates = plates
         self.observed_sites = observed_sites
         self.deterministic_sites = deterministic_sites
@@ -168,7 +169,18 @@ class ModelBridge:
                 data[plate.name] = jnp.arange(plate.size)
             else:
                 data[plate.name] = jax.random.permutation(key, plate.size)[: plate.subsample_size]
-        return handlers.substitute(self.model, data=data)
+        model = handlers.substitute(self.model, data=data)
+        if rng_key is not None:
+            return model
+
+        def full_data_model(*args, **kwargs):
+            # NumPyro warns when a plate's indices differ in length from its subsample_size;
+            # here the full range is intended
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="subsample_size does not match")
+                return model(*args, **kwargs)
+
+        return full_data_model
 
     # ------------------------------------------------------------------ densities
     def log_density(self, z, args=(), kwargs=None, rng_key=None):

@@ -1,0 +1,56 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+
+def linreg_model(X, y=None):
+    w = numpyro.sample("w", dist.Normal(0, 1).expand([X.shape[1]]).to_event(1))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    numpyro.deterministic("w_norm", jnp.linalg.norm(w))
+    with numpyro.plate("data", X.shape[0]):
+        numpyro.sample("y", dist.Normal(X @ w, sigma), obs=y)
+
+
+@pytest.fixture(scope="session")
+def linreg_data():
+    k1, k2 = jax.random.split(jax.random.key(1))
+    X = jax.random.normal(k1, (50, 3))
+    y = X @ jnp.array([1.0, -0.5, 0.2]) + 0.5 * jax.random.normal(k2, (50,))
+    return X, y
+
+
+class ConjugateGaussian:
+    """x ~ N(0, diag(tau^2)), y_i ~ N(x, diag(s^2)) for i < m: the posterior is Gaussian, known."""
+
+    tau = jnp.array([1.0, 2.0, 0.5, 1.5, 3.0])
+    s = jnp.array([1.0, 3.0, 1.0, 2.0, 4.0])
+
+    def __init__(self, m=10, seed=3):
+        truth = jnp.array([0.5, -1.0, 0.2, 1.0, 2.0])
+        self.y = truth + self.s * jax.random.normal(jax.random.key(seed), (m, 5))
+        precision = 1 / self.tau**2 + m / self.s**2
+        self.post_mean = (self.y.sum(0) / self.s**2) / precision
+        self.post_sd = 1 / jnp.sqrt(precision)
+
+    def model(self, y):
+        x = numpyro.sample("x", dist.Normal(0.0, self.tau).to_event(1))
+        with numpyro.plate("obs", y.shape[0]):
+            numpyro.sample("y", dist.Normal(x, self.s).to_event(1), obs=y)
+
+
+@pytest.fixture(scope="session")
+def conjugate():
+    return ConjugateGaussian()
+
+
+@pytest.fixture(scope="session")
+def linreg_nuts(linreg_data):
+    from numpyro.infer import MCMC, NUTS
+
+    X, y = linreg_data
+    mcmc = MCMC(NUTS(linreg_model), num_warmup=1000, num_samples=4000, progress_bar=False)
+    mcmc.run(jax.random.key(11), X, y)
+    return {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
