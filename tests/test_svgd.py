@@ -177,3 +177,12 @@ def test_bad_run_arguments(linreg_data):
         eng.run(jax.random.key(0), 0, X, y)
     with pytest.raises(TypeError, match="rng_key"):
         eng.run(0, 10, X, y)
+
+
+def test_continue_from_state_equals_one_long_run(linreg_data):
+    X, y = linreg_data
+    eng = gf.SVGD(linreg_model, num_particles=10, step_size=0.05)
+    first = eng.run(jax.random.key(0), 30, X, y, progress_bar=False)
+    more = eng.run(jax.random.key(9), 20, X, y, progress_bar=False, init_state=first.state)
+    whole = eng.run(jax.random.key(0), 50, X, y, progress_bar=False)
+    np.testing.assert_allclose(more.unconstrained, whole.unconstrained, rtol=1e-5, atol=1e-6)
