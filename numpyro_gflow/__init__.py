@@ -1,10 +1,10 @@
 """numpyro-gflow: gradient-flow inference engines for NumPyro."""
 
-from numpyro_gflow import kernels, optim
+from numpyro_gflow import diagnostics, kernels, optim
 from numpyro_gflow.bridge import ModelBridge
 from numpyro_gflow.kernels import IMQKernel, RBFKernel
 from numpyro_gflow.result import InferenceResult
 from numpyro_gflow.svgd import SVGD
 
-__all__ = ["ModelBridge", "InferenceResult", "SVGD", "RBFKernel", "IMQKernel", "kernels", "optim"]
+__all__ = ["ModelBridge", "InferenceResult", "SVGD", "RBFKernel", "IMQKernel", "kernels", "optim", "diagnostics"]
 __version__ = "0.1.0.dev0"

@@ -20,6 +20,7 @@ import optax
 
 from numpyro.infer.initialization import init_to_uniform
 
+from numpyro_gflow.diagnostics import ksd
 from numpyro_gflow.engine import ParticleEngine
 from numpyro_gflow.kernels import IMQKernel, Kernel, RBFKernel, svgd_direction
 from numpyro_gflow.optim import as_optimizer
@@ -37,6 +38,7 @@ class SVGDInfo(NamedTuple):
     stein_sq_norm: jax.Array    # mean_i |phi(x_i)|^2: the squared Stein direction norm
     bandwidth: jax.Array        # kernel scale h used at this step
     mean_log_density: jax.Array
+    ksd: jax.Array              # IMQ kernel Stein discrepancy of the particles before the step
 
 
 def init(particles: jax.Array, optimizer: optax.GradientTransformation, rng_key) -> SVGDState:
@@ -50,7 +52,8 @@ def step(state: SVGDState, score_fn: Callable, kernel: Kernel,
     phi, h = svgd_direction(kernel, state.particles, score)
     updates, opt_state = optimizer.update(-phi, state.opt_state, state.particles)
     particles = optax.apply_updates(state.particles, updates)
-    info = SVGDInfo(jnp.mean(jnp.sum(phi**2, axis=-1)), h, jnp.mean(log_density))
+    info = SVGDInfo(jnp.mean(jnp.sum(phi**2, axis=-1)), h, jnp.mean(log_density),
+                    ksd(state.particles, score))
     return SVGDState(particles, opt_state, rng_key), info
 
 
@@ -71,7 +74,9 @@ class SVGD(ParticleEngine):
             ``init_to_uniform``: uniform in (-2, 2) in the unconstrained space).
 
     The per-step trace holds ``stein_sq_norm`` (mean squared norm of the SVGD direction, the
-    objective: it goes to ~0 at a fixed point), ``bandwidth`` and ``mean_log_density``.
+    objective: it goes to ~0 at a fixed point), ``bandwidth``, ``mean_log_density`` and ``ksd``
+    (IMQ kernel Stein discrepancy of the particles at the start of the step, with the step's
+    possibly mini-batch score).
 
     Example::
 
