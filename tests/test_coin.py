@@ -1,0 +1,129 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+from numpyro.infer import MCMC
+
+import numpyro_gflow as gf
+from numpyro_gflow.optim import coin_betting
+from conftest import ConjugateGaussian, linreg_model
+
+
+class ScaledGaussian(ConjugateGaussian):
+    """The conjugate Gaussian with every scale (prior, noise, hence posterior) times ``scale``."""
+
+    def __init__(self, scale):
+        self.tau = ConjugateGaussian.tau * scale
+        self.s = ConjugateGaussian.s * scale
+        super().__init__()
+
+
+def errors(samples, target):
+    mean_err = jnp.abs(samples.mean(0) - target.post_mean) / target.post_sd
+    sd_err = jnp.abs(samples.std(0) / target.post_sd - 1)
+    return float(mean_err.max()), float(sd_err.max())
+
+
+def test_coin_betting_minimises_badly_scaled_quadratic():
+    opt = coin_betting()
+    scales = jnp.array([0.01, 100.0])
+    x = jnp.array([[3.0, -2.0], [1.0, 5.0]])
+    state = opt.init(x)
+    f = lambda x: 0.5 * jnp.sum((x - 1.0) ** 2 / scales**2)  # noqa: E731
+
+    def body(carry, _):
+        x, state = carry
+        u, state = opt.update(jax.grad(f)(x), state, x)
+        return (optax.apply_updates(x, u), state), None
+
+    (x, _), _ = jax.lax.scan(body, (x, state), None, length=2000)
+    np.testing.assert_allclose(x, 1.0, atol=1e-3)
+
+
+def test_coin_betting_restarts_a_non_finite_particle():
+    opt = coin_betting()
+    x0 = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    state = opt.init(x0)
+    x = x0 + 0.5
+    g = jnp.array([[jnp.nan, 1.0], [1.0, 1.0]])
+    u, state = opt.update(g, state, x)
+    new = optax.apply_updates(x, u)
+    np.testing.assert_array_equal(new[0], x0[0])          # the whole particle restarts
+    assert bool(jnp.all(jnp.isfinite(new[1]))) and not np.allclose(new[1], x0[1])
+    assert float(state.grad_sum[0, 1]) == 0.0             # with fresh betting state
+
+
+def test_coin_svgd_matches_conjugate_gaussian(conjugate):
+    res = gf.CoinSVGD(conjugate.model, num_particles=200).run(
+        jax.random.key(0), 2000, conjugate.y, progress_bar=False)
+    mean_err, sd_err = errors(res.get_samples()["x"], conjugate)
+    assert mean_err < 0.1 and sd_err < 0.15, (mean_err, sd_err)
+
+
+@pytest.mark.parametrize("scale", [100.0, 0.01])
+def test_scale_invariance_coin_svgd_vs_svgd(scale):
+    # measured (seed 0, 2000 steps): CoinSVGD mean err 0.014 / 0.015 sd, sd err 0.140 / 0.127;
+    # SVGD with its default step: mean err 0.39 / 0.80 sd
+    target = ScaledGaussian(scale)
+    coin = gf.CoinSVGD(target.model, num_particles=200).run(
+        jax.random.key(0), 2000, target.y, progress_bar=False)
+    mean_err, sd_err = errors(coin.get_samples()["x"], target)
+    assert mean_err < 0.1 and sd_err < 0.15, (scale, mean_err, sd_err)
+    plain = gf.SVGD(target.model, num_particles=200).run(
+        jax.random.key(0), 2000, target.y, progress_bar=False)
+    mean_err, sd_err = errors(plain.get_samples()["x"], target)
+    assert mean_err >= 0.1 or sd_err >= 0.15, (scale, mean_err, sd_err)
+
+
+def test_ksdd_decreases_ksd_monotonically_and_coin_ksdd_matches(conjugate):
+    run = lambda eng: eng.run(jax.random.key(0), 2000, conjugate.y, progress_bar=False)  # noqa: E731
+    ksdd = run(gf.KSDD(conjugate.model, num_particles=100, step_size=1.0))
+    trace = ksdd.trace["ksd_sq"]
+    assert np.all(np.diff(trace) <= 1e-6 * trace[:-1]), "KSDD objective rose"
+    assert trace[-1] < 0.01 * trace[0]
+    # the same check catches a bad step size: too large a step makes the objective rise
+    big = run(gf.KSDD(conjugate.model, num_particles=100, step_size=3.0)).trace["ksd_sq"]
+    assert np.any(np.diff(big) > 1e-3)
+    coin = run(gf.CoinKSDD(conjugate.model, num_particles=100))
+    # measured: KSDD 0.0256, CoinKSDD 0.0238
+    assert coin.trace["ksd_sq"][-1] <= 1.1 * trace[-1]
+    mean_err, sd_err = errors(coin.get_samples()["x"], conjugate)
+    assert mean_err < 0.1 and sd_err < 0.15
+
+
+def test_coin_svgd_with_minibatches_converges():
+    N = 500
+    x = jax.random.normal(jax.random.key(0), (N,)) * 2.0 + 1.5
+
+    def model(x):
+        mu = numpyro.sample("mu", dist.Normal(0, 10))
+        with numpyro.plate("data", N, subsample_size=50) as idx:
+            numpyro.sample("x", dist.Normal(mu, 2.0), obs=x[idx])
+
+    res = gf.CoinSVGD(model, num_particles=50).run(jax.random.key(1), 3000, x, progress_bar=False)
+    post_mean = x.sum() / 4.0 / (N / 4.0 + 1 / 100)
+    post_sd = (N / 4.0 + 1 / 100) ** -0.5
+    mu = res.get_samples()["mu"]
+    assert abs(float(mu.mean()) - float(post_mean)) < 1.0 * post_sd
+    assert float(mu.std()) < 3 * post_sd
+
+
+def test_coin_engines_are_mcmc_kernels(linreg_data):
+    X, y = linreg_data
+    for eng in (gf.CoinSVGD(linreg_model), gf.CoinKSDD(linreg_model)):
+        mcmc = MCMC(eng, num_warmup=20, num_samples=10, num_chains=10,
+                    chain_method="vectorized", progress_bar=False)
+        mcmc.run(jax.random.key(0), X, y)
+        assert mcmc.get_samples(group_by_chain=True)["w"].shape == (10, 10, 3)
+
+
+def test_coin_engines_take_no_step_size():
+    with pytest.raises(TypeError):
+        gf.CoinSVGD(linreg_model, step_size=0.1)
+    with pytest.raises(ValueError, match="KSDD needs step_size"):
+        gf.KSDD(linreg_model)
+    with pytest.raises(ValueError, match="alpha"):
+        gf.CoinSVGD(linreg_model, alpha=-1.0)
