@@ -21,8 +21,11 @@
 #
 # This file is a [jupytext](https://jupytext.readthedocs.io) "percent" notebook: open it as
 # a notebook, or run it as a plain script (`python examples/quickstart.py`, or `make demo`).
+# With `GFLOW_EXAMPLE_SMOKE=1` in the environment it runs far fewer steps and samples (what
+# the test suite does); the numbers are then rougher.
 
 # %%
+import os
 import time
 from pathlib import Path
 
@@ -38,6 +41,10 @@ import numpyro.distributions as dist  # noqa: E402
 from numpyro.infer import MCMC, NUTS  # noqa: E402
 
 import numpyro_gflow as gf  # noqa: E402
+
+SMOKE = os.environ.get("GFLOW_EXAMPLE_SMOKE", "") not in ("", "0")
+SVGD_STEPS = 200 if SMOKE else 2000
+NUM_WARMUP, NUM_SAMPLES = (200, 200) if SMOKE else (500, 1000)
 
 # %% [markdown]
 # ## Data
@@ -99,12 +106,12 @@ def model(X, y=None):
 svgd = gf.SVGD(model, num_particles=100, step_size=0.05)
 
 t0 = time.perf_counter()
-result = svgd.run(jax.random.key(0), 2000, X, y)
+result = svgd.run(jax.random.key(0), SVGD_STEPS, X, y)
 svgd_samples = jax.block_until_ready(result.get_samples())
 t_svgd = time.perf_counter() - t0
 
 t0 = time.perf_counter()
-result_again = svgd.run(jax.random.key(0), 2000, X, y, progress_bar=False)
+result_again = svgd.run(jax.random.key(0), SVGD_STEPS, X, y, progress_bar=False)
 jax.block_until_ready(result_again.get_samples())
 t_svgd_again = time.perf_counter() - t0
 
@@ -125,7 +132,7 @@ print("ArviZ groups:", sorted(dt.children))
 # ## NUTS (reference)
 
 # %%
-mcmc = MCMC(NUTS(model), num_warmup=500, num_samples=1000, num_chains=1)
+mcmc = MCMC(NUTS(model), num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES, num_chains=1)
 t0 = time.perf_counter()
 mcmc.run(jax.random.key(1), X, y)
 nuts_samples = jax.block_until_ready(mcmc.get_samples())

@@ -6,6 +6,7 @@ from numpyro_gflow.kernels import IMQKernel, RBFKernel
 from numpyro_gflow.result import InferenceResult
 from numpyro_gflow.svgd import SVGD
 from numpyro_gflow.coin import CoinKSDD, CoinSVGD, KSDD
+from numpyro_gflow.lawgd import CoinLAWGD
 
-__all__ = ["ModelBridge", "InferenceResult", "SVGD", "CoinSVGD", "KSDD", "CoinKSDD", "RBFKernel", "IMQKernel", "kernels", "optim", "diagnostics"]
+__all__ = ["ModelBridge", "InferenceResult", "SVGD", "CoinSVGD", "KSDD", "CoinKSDD", "CoinLAWGD", "RBFKernel", "IMQKernel", "kernels", "optim", "diagnostics"]
 __version__ = "0.1.0.dev0"

@@ -80,7 +80,7 @@ class KSDD(ParticleEngine):
         self.optimizer = as_optimizer(step_size, optimizer, default=optax.sgd)
         self.kernel = IMQKernel() if kernel is None else _check_kernel(kernel)
 
-    def _core_init(self, particles, rng_key):
+    def _core_init(self, particles, rng_key, target):
         return ksdd_core.init(particles, self.optimizer, rng_key)
 
     def _core_step(self, state, score_fn):

@@ -10,7 +10,7 @@ A particle engine is two things at once:
   chain is a particle and each MCMC step is one engine step. For the same key, the particles
   after ``W + S`` MCMC steps are those of ``run(key, W + S)``.
 
-A subclass supplies the pure core: ``_core_init(particles, rng_key) -> State`` and
+A subclass supplies the pure core: ``_core_init(particles, rng_key, target) -> State`` and
 ``_core_step(state, score_fn) -> (State, Info)``. Core states are NamedTuples with
 ``particles`` (n, d) and ``rng_key`` fields; ``Info`` is a NamedTuple of scalars traced per
 step, whose field named by ``objective`` is the engine's objective.
@@ -32,7 +32,15 @@ from numpyro_gflow._validate import positive_int
 from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_args
 from numpyro_gflow.result import InferenceResult
 
-__all__ = ["ParticleEngine"]
+__all__ = ["ParticleEngine", "Target"]
+
+
+class Target(NamedTuple):
+    """What an engine's ``_core_init`` may need beyond the particles: the model and its inputs."""
+
+    bridge: ModelBridge
+    model_args: tuple
+    model_kwargs: dict
 
 
 class _Compiled(NamedTuple):
@@ -57,7 +65,7 @@ class ParticleEngine(MCMCKernel):
         self._kernel_bridge: ModelBridge | None = None
 
     # ------------------------------------------------------------------ subclass hooks
-    def _core_init(self, particles: jax.Array, rng_key):
+    def _core_init(self, particles: jax.Array, rng_key, target: Target):
         raise NotImplementedError
 
     def _core_step(self, state, score_fn: Callable):
@@ -139,7 +147,7 @@ class ParticleEngine(MCMCKernel):
         if init_state is None:
             keys = jax.random.split(rng_key, self.num_particles)
             z = self._initial_particles(compiled, dynamic, keys, init_params)
-            init_state = self._core_init(z, self._state_key(keys))
+            init_state = self._core_init(z, self._state_key(keys), Target(compiled.bridge, args, kwargs))
         bar = progress.ProgressBar(num_steps, type(self).__name__, enabled=progress_bar)
         with bar as bar_id:
             state, info = compiled.run(init_state, dynamic, bar_id, num_steps=num_steps,
@@ -184,7 +192,8 @@ class ParticleEngine(MCMCKernel):
         compiled, dynamic = self._prepare(model_args, model_kwargs)
         self._kernel_bridge = compiled.bridge
         z = self._initial_particles(compiled, dynamic, rng_key, init_params)
-        return self._core_init(z, self._state_key(rng_key))
+        return self._core_init(z, self._state_key(rng_key),
+                               Target(compiled.bridge, model_args, model_kwargs))
 
     def sample(self, state, model_args, model_kwargs):
         score_fn = self._kernel_bridge.score_fn(model_args, model_kwargs)

@@ -97,7 +97,7 @@ class SVGD(ParticleEngine):
         if not isinstance(self.kernel, (RBFKernel, IMQKernel)):
             raise TypeError(f"kernel must be an RBFKernel or IMQKernel, got {type(self.kernel).__name__}")
 
-    def _core_init(self, particles, rng_key):
+    def _core_init(self, particles, rng_key, target):
         return init(particles, self.optimizer, rng_key)
 
     def _core_step(self, state, score_fn):

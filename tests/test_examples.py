@@ -1,4 +1,8 @@
-"""CI executes the example notebooks (jupytext percent scripts) end to end."""
+"""CI executes the example notebooks (jupytext percent scripts) end to end.
+
+In the small-steps setting (``GFLOW_EXAMPLE_SMOKE=1``: few SVGD steps, short NUTS runs), so the
+whole file runs in well under a minute; run a script by hand for the full setting.
+"""
 
 import os
 import subprocess
@@ -16,7 +20,7 @@ def test_there_are_examples():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(path, tmp_path):
-    env = dict(os.environ, MPLBACKEND="Agg")
+    env = dict(os.environ, MPLBACKEND="Agg", GFLOW_EXAMPLE_SMOKE="1")
     proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
