@@ -1,11 +1,11 @@
 """The one bridge from a NumPyro model to a flat, unconstrained log density.
 
-Every engine sees the posterior through :class:`ModelBridge`: a vector ``z`` in R^d (NumPyro's
+Every engine sees the posterior through `ModelBridge`: a vector ``z`` in R^d (NumPyro's
 unconstrained space, sites raveled in a fixed order), ``log_density(z)``, its gradient, batched
 versions over particles, and ``constrain`` back to NumPyro's site dict (deterministic sites
 included). The potential, transforms and postprocessing are NumPyro's own
-(:func:`numpyro.infer.util.potential_energy`, :func:`~numpyro.infer.util.constrain_fn`,
-:func:`~numpyro.infer.util.find_valid_initial_params`); this module adds validation with errors
+(`numpyro.infer.util.potential_energy`, `constrain_fn`,
+`find_valid_initial_params`); this module adds validation with errors
 that name the offending site, and mini-batch plates.
 
 Mini-batches: a plate declared with ``subsample_size`` draws its indices from a key passed to
@@ -81,7 +81,7 @@ def _trace_model(model, rng_key, args, kwargs):
 class ModelBridge:
     """A NumPyro model with fixed inputs, seen as a log density on R^d.
 
-    Built by :meth:`from_model`, which traces the model once to validate it and to fix the
+    Built by `from_model`, which traces the model once to validate it and to fix the
     order and shapes of the latent sites. All methods below are pure JAX functions of their
     array arguments and can be jit-compiled, vmapped and differentiated. ``args``/``kwargs``
     are passed explicitly so one compiled program serves any data of the same shapes.

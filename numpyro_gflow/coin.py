@@ -2,7 +2,7 @@
 
 Sharrock & Nemeth, "Coin Sampling: Gradient-Based Bayesian Inference without Learning Rates"
 (ICML 2023) replace the step size of a particle gradient flow by coin betting
-(:func:`numpyro_gflow.optim.coin_betting`): each coordinate of each particle bets a fraction of
+(`numpyro_gflow.optim.coin_betting`): each coordinate of each particle bets a fraction of
 its accumulated "wealth" on the direction the flow proposes. The cores are those of SVGD and
 KSD descent; only the update rule differs, so these classes are thin.
 """
@@ -33,7 +33,7 @@ class CoinSVGD(svgd_core.SVGD):
 
     Args:
         model: a NumPyro model with continuous latent sites.
-        num_particles: particles for :meth:`run` (``MCMC`` takes ``num_chains``).
+        num_particles: particles for `run` (``MCMC`` takes ``num_chains``).
         kernel: RBF with the median heuristic (default, as in the paper) or IMQ.
         alpha: the betting rule's ``alpha`` (0, the paper's default; they use 100 for BNNs).
         init_strategy: NumPyro init strategy per particle.

@@ -1,13 +1,13 @@
 """How close is a sample to the posterior? Kernel Stein discrepancy, energy distance, MMD, ELBO.
 
-* :func:`ksd` needs only the model's score: no reference sample. IMQ base kernel with
+* `ksd` needs only the model's score: no reference sample. IMQ base kernel with
   ``c = 1, beta = -1/2`` (Gorham & Mackey 2017), V-statistic, in NumPyro's unconstrained space.
   It detects non-convergence (too narrow, shifted, stuck) but its scale depends on the model,
   so compare KSDs on the same model only.
-* :func:`energy_distance` / :func:`mmd` compare two samples (an engine against NUTS, say),
+* `energy_distance` / `mmd` compare two samples (an engine against NUTS, say),
   each coordinate standardised by the reference sample's sd.
-* :func:`elbo` for engines that fit a density.
-* :func:`summarize` puts the numbers a reader needs in one table, with the energy distance that
+* `elbo` for engines that fit a density.
+* `summarize` puts the numbers a reader needs in one table, with the energy distance that
   the same number of exact reference draws gets, so "good" has a yardstick.
 """
 
@@ -106,7 +106,7 @@ def energy_distance(x, y, scale_by: str = "pooled") -> float:
     """Energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` (V-statistics) between samples.
 
     ``x`` (n, d) and ``y`` (m, d), or dicts of site arrays (flattened with
-    :func:`flatten_samples`). Each coordinate is standardised first (by the pooled sample's sd
+    `flatten_samples`). Each coordinate is standardised first (by the pooled sample's sd
     by default, which keeps the distance symmetric; ``scale_by="y"`` uses the second sample,
     the reference). Zero for identical samples, symmetric, >= 0.
     """

@@ -3,9 +3,9 @@
 A particle engine is two things at once:
 
 * an engine: ``Engine(model, ...).run(rng_key, num_steps, *args, **kwargs)`` returns an
-  :class:`~numpyro_gflow.result.InferenceResult`; the whole loop is one compiled ``lax.scan``,
+  `InferenceResult`; the whole loop is one compiled ``lax.scan``,
   compiled once per input shapes and reused by later runs;
-* an ensemble :class:`numpyro.infer.mcmc.MCMCKernel` (like ``numpyro.infer.AIES``): with
+* an ensemble `numpyro.infer.mcmc.MCMCKernel` (like ``numpyro.infer.AIES``): with
   ``MCMC(engine, num_warmup=W, num_samples=S, num_chains=n, chain_method="vectorized")`` each
   chain is a particle and each MCMC step is one engine step. For the same key, the particles
   after ``W + S`` MCMC steps are those of ``run(key, W + S)``.

@@ -140,7 +140,7 @@ class IMQKernel:
 
     Defaults ``c = 1, beta = -1/2, h = 1`` are Gorham & Mackey (2017)'s choice for the kernel
     Stein discrepancy, which then detects non-convergence. ``bandwidth="median"`` scales
-    distances by the median heuristic as for :class:`RBFKernel`.
+    distances by the median heuristic as for `RBFKernel`.
     """
 
     c: float = 1.0

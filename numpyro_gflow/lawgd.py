@@ -11,7 +11,7 @@ the Langevin generator of the target ``pi ~ exp(-V)`` (``phi_k`` orthonormal in 
 replaces the step ``h`` by coin betting.
 
 The eigenpairs come from a documented eigen-decomposition on a grid, which is why this engine
-is for low dimension only (``d <= 3``, :data:`MAX_DIM`):
+is for low dimension only (``d <= 3``, `MAX_DIM`):
 
 1. ``psi = phi sqrt(pi)`` turns ``-L`` into the Schrodinger operator
    ``H = -Laplacian + V_s``, ``V_s = |grad V|^2 / 4 - Laplacian V / 2`` (same eigenvalues).
@@ -183,11 +183,11 @@ def step(state: LAWGDState, optimizer) -> tuple[LAWGDState, LAWGDInfo]:
 
 
 class CoinLAWGD(ParticleEngine):
-    """Coin LAWGD on a NumPyro model with at most :data:`MAX_DIM` unconstrained dimensions.
+    """Coin LAWGD on a NumPyro model with at most `MAX_DIM` unconstrained dimensions.
 
     Args:
         model: a NumPyro model; its flattened unconstrained dimension must be <= 3.
-        num_particles: particles for :meth:`run`.
+        num_particles: particles for `run`.
         bounds: ``(low, high)`` arrays (d,) of the grid box in the unconstrained space; default:
             a 300-step Coin SVGD pilot sets the box and the start (see the module docs).
         grid_size: points per dimension (default 400 / 64 / 22 for d = 1 / 2 / 3).

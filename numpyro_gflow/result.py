@@ -22,10 +22,11 @@ class InferenceResult:
             engine's representative draws).
         trace: dict of per-step arrays (length ``num_steps``), the engine's objective among them.
         state: the engine's final state (a NamedTuple), to continue or inspect.
-        bridge: the :class:`~numpyro_gflow.bridge.ModelBridge` the engine ran on.
-        guide, params: a NumPyro guide and its parameters, for engines that fit a density
+        bridge: the `ModelBridge` the engine ran on.
+        guide: a NumPyro guide, for engines that fit a density
             (``Predictive(model, guide=result.guide, params=result.params, num_samples=...)``);
             ``None`` for particle engines, whose samples go to ``Predictive`` directly.
+        params: the guide's parameters (``None`` for particle engines).
     """
 
     def __init__(self, engine: str, bridge: ModelBridge, model_args: tuple, model_kwargs: dict,

@@ -63,13 +63,13 @@ class SVGD(ParticleEngine):
 
     Args:
         model: a NumPyro model with continuous latent sites.
-        num_particles: particles for :meth:`run` (the ``MCMC`` path takes ``num_chains``).
+        num_particles: particles for `run` (the ``MCMC`` path takes ``num_chains``).
         step_size: step size of the default optimizer, the SVGD reference code's AdaGrad
-            (:func:`~numpyro_gflow.optim.svgd_adagrad`). For plain SVGD
+            (`svgd_adagrad`). For plain SVGD
             ``x += eps * phi(x)`` pass ``optimizer=optax.sgd(eps)`` instead.
         optimizer: any optax ``GradientTransformation`` (it receives ``-phi``).
-        kernel: :class:`~numpyro_gflow.kernels.RBFKernel` (median heuristic, default) or
-            :class:`~numpyro_gflow.kernels.IMQKernel`.
+        kernel: `RBFKernel` (median heuristic, default) or
+            `IMQKernel`.
         init_strategy: NumPyro init strategy, applied per particle with its own key (default
             ``init_to_uniform``: uniform in (-2, 2) in the unconstrained space).
 
@@ -78,10 +78,11 @@ class SVGD(ParticleEngine):
     (IMQ kernel Stein discrepancy of the particles at the start of the step, with the step's
     possibly mini-batch score).
 
-    Example::
-
+    Example:
+        ```python
         result = SVGD(model, num_particles=100, step_size=0.05).run(jax.random.key(0), 2000, X, y)
         result.get_samples()
+        ```
     """
 
     objective = "stein_sq_norm"
