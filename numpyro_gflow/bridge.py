@@ -88,8 +88,11 @@ class ModelBridge:
     """
 
     def __init__(self, model, prototype: dict, plates: tuple[SubsamplePlate, ...],
-                 observed_sites: tuple[str, ...], deterministic_sites: tuple[str, ...]):
+                 observed_sites: tuple[str, ...], deterministic_sites: tuple[str, ...],
+                 supports: dict | None = None):
         self.model = model
+        #: site name -> NumPyro constraint of its support (what mirror maps key on)
+        self.supports = {} if supports is None else supports
         self.prototype = prototype
         flat, self._unravel = ravel_pytree(prototype)
         self.dim = int(flat.shape[0])
@@ -140,7 +143,8 @@ class ModelBridge:
             prototype[name] = jnp.zeros(
                 jnp.shape(transform.inv(site["value"])), dtype=jnp.result_type(float)
             )
-        return cls(model, prototype, tuple(plates), tuple(observed), tuple(deterministic))
+        supports = {name: site["fn"].support for name, site in latent.items()}
+        return cls(model, prototype, tuple(plates), tuple(observed), tuple(deterministic), supports)
 
     # ------------------------------------------------------------------ flatten / unflatten
     def flatten(self, params: dict) -> jax.Array:
@@ -202,6 +206,14 @@ class ModelBridge:
     def score_fn(self, args=(), kwargs=None) -> Callable:
         """``(z, rng_key) -> (log_density, score)`` batched over rows; what engine cores take."""
         return lambda z, rng_key=None: self.batch_value_and_grad(z, args, kwargs, rng_key)
+
+    def constrained_log_density(self, params: dict, args=(), kwargs=None, rng_key=None):
+        """Log joint density at *constrained* site values (no transform Jacobian)."""
+        from numpyro.infer.util import log_density as numpyro_log_density
+
+        kwargs = {} if kwargs is None else kwargs
+        model = self._model_with_plates(rng_key)
+        return numpyro_log_density(model, args, kwargs, params)[0]
 
     # ------------------------------------------------------------------ constrain
     def constrain(self, z, args=(), kwargs=None):

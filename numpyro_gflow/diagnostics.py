@@ -78,7 +78,9 @@ def model_ksd(result, kernel: Kernel | None = None) -> float:
     return float(ksd(z, score, kernel))
 
 
-def _standardise(x: jax.Array, y: jax.Array, scale_by: str):
+def _standardise(x: jax.Array, y: jax.Array, scale_by: str | None):
+    if scale_by is None:
+        return x, y
     ref = {"y": y, "x": x, "pooled": jnp.concatenate([x, y])}[scale_by]
     sd = jnp.std(ref, axis=0)
     sd = jnp.where(sd > 0, sd, 1.0)
@@ -102,13 +104,14 @@ def _mean_pairwise_dist(a, b, block_size=2048):
     return jnp.sum(sums) / (n * b.shape[0])
 
 
-def energy_distance(x, y, scale_by: str = "pooled") -> float:
+def energy_distance(x, y, scale_by: str | None = "pooled") -> float:
     """Energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` (V-statistics) between samples.
 
     ``x`` (n, d) and ``y`` (m, d), or dicts of site arrays (flattened with
     `flatten_samples`). Each coordinate is standardised first (by the pooled sample's sd
     by default, which keeps the distance symmetric; ``scale_by="y"`` uses the second sample,
-    the reference). Zero for identical samples, symmetric, >= 0.
+    the reference; ``None`` leaves the coordinates as they are, as the mirrored-Stein paper
+    does on the simplex). Zero for identical samples, symmetric, >= 0.
     """
     x, y = _as_matrix(x), _as_matrix(y)
     x, y = _standardise(x, y, scale_by)

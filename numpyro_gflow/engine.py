@@ -71,6 +71,19 @@ class ParticleEngine(MCMCKernel):
     def _core_step(self, state, score_fn: Callable):
         raise NotImplementedError
 
+    # coordinates: engines that move particles in another space (mirror maps) override these
+    def _make_score_fn(self, bridge: ModelBridge, args, kwargs) -> Callable:
+        return bridge.score_fn(args, kwargs)
+
+    def _from_unconstrained(self, z, bridge: ModelBridge):
+        return z
+
+    def _to_unconstrained(self, particles, bridge: ModelBridge):
+        return particles
+
+    def _constrain_one(self, bridge: ModelBridge, particle, args, kwargs):
+        return bridge.constrain(particle, args, kwargs)
+
     # ------------------------------------------------------------------ compilation cache
     def _prepare(self, args, kwargs) -> tuple[_Compiled, list]:
         """Bridge and compiled init/run for these input shapes (built once, then reused)."""
@@ -92,7 +105,7 @@ class ParticleEngine(MCMCKernel):
 
         def run_fn(state, dyn, bar_id, num_steps, every):
             a, kw = model_inputs(dyn)
-            score_fn = bridge.score_fn(a, kw)
+            score_fn = self._make_score_fn(bridge, a, kw)
 
             def body(state, i):
                 state, info = self._core_step(state, score_fn)
@@ -147,6 +160,7 @@ class ParticleEngine(MCMCKernel):
         if init_state is None:
             keys = jax.random.split(rng_key, self.num_particles)
             z = self._initial_particles(compiled, dynamic, keys, init_params)
+            z = self._from_unconstrained(z, compiled.bridge)
             init_state = self._core_init(z, self._state_key(keys), Target(compiled.bridge, args, kwargs))
         bar = progress.ProgressBar(num_steps, type(self).__name__, enabled=progress_bar)
         with bar as bar_id:
@@ -158,7 +172,8 @@ class ParticleEngine(MCMCKernel):
                 bar.finish()
         self._check_finite_result(state.particles)
         return InferenceResult(
-            type(self).__name__, compiled.bridge, args, kwargs, state.particles,
+            type(self).__name__, compiled.bridge, args, kwargs,
+            self._to_unconstrained(state.particles, compiled.bridge),
             info._asdict(), state=state, objective=self.objective,
         )
 
@@ -192,16 +207,17 @@ class ParticleEngine(MCMCKernel):
         compiled, dynamic = self._prepare(model_args, model_kwargs)
         self._kernel_bridge = compiled.bridge
         z = self._initial_particles(compiled, dynamic, rng_key, init_params)
+        z = self._from_unconstrained(z, compiled.bridge)
         return self._core_init(z, self._state_key(rng_key),
                                Target(compiled.bridge, model_args, model_kwargs))
 
     def sample(self, state, model_args, model_kwargs):
-        score_fn = self._kernel_bridge.score_fn(model_args, model_kwargs)
+        score_fn = self._make_score_fn(self._kernel_bridge, model_args, model_kwargs)
         return self._core_step(state, score_fn)[0]
 
     def postprocess_fn(self, model_args, model_kwargs):
         bridge = self._kernel_bridge
-        return lambda z: bridge.constrain(z, model_args, model_kwargs)
+        return lambda z: self._constrain_one(bridge, z, model_args, model_kwargs)
 
     def get_diagnostics_str(self, state):
         return ""
