@@ -190,7 +190,7 @@ class MirroredTarget:
                                     for k, v in theta.items()})
 
     def from_unconstrained(self, z):
-        theta = self.bridge.constrain(z)
+        theta = {k: biject_to(self.bridge.supports[k])(v) for k, v in self.bridge.unflatten(z).items()}
         return self.bridge.flatten({k: self.maps[k].to_dual(theta[k]) for k in self.bridge.site_names})
 
     def free_primal(self, eta):
