@@ -7,7 +7,7 @@ from numpyro_gflow.result import InferenceResult
 from numpyro_gflow.svgd import SVGD
 from numpyro_gflow.coin import CoinKSDD, CoinSVGD, KSDD
 from numpyro_gflow.lawgd import CoinLAWGD
-from numpyro_gflow.mirror import CoinMSVGD, MSVGD
+from numpyro_gflow.mirror import SVMD, SVNG, CoinMSVGD, MSVGD
 
-__all__ = ["ModelBridge", "InferenceResult", "SVGD", "CoinSVGD", "KSDD", "CoinKSDD", "CoinLAWGD", "MSVGD", "CoinMSVGD", "RBFKernel", "IMQKernel", "kernels", "optim", "diagnostics"]
+__all__ = ["ModelBridge", "InferenceResult", "SVGD", "CoinSVGD", "KSDD", "CoinKSDD", "CoinLAWGD", "MSVGD", "CoinMSVGD", "SVMD", "SVNG", "RBFKernel", "IMQKernel", "kernels", "optim", "diagnostics"]
 __version__ = "0.1.0.dev0"

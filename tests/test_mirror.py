@@ -117,3 +117,35 @@ def test_mirrored_engine_as_mcmc_kernel():
     np.testing.assert_allclose(s["p"].sum(-1), 1.0, atol=1e-5)
     run = gf.CoinMSVGD(mixed_sites, num_particles=10).run(jax.random.key(0), 40, y, progress_bar=False)
     np.testing.assert_allclose(s["p"][:, -1], run.get_samples()["p"], rtol=1e-4, atol=1e-6)
+
+
+def test_svmd_sparse_dirichlet():
+    # measured (1000 steps, RMSprop 0.1): SVMD 0.00039, MSVGD 0.0011, exact-draw baseline 0.00055
+    ref = dist.Dirichlet(SPARSE_ALPHA).sample(jax.random.key(123), (1000,))
+    res = gf.SVMD(sparse_dirichlet, num_particles=50, optimizer=optax.rmsprop(0.1)).run(
+        jax.random.key(0), 1000, progress_bar=False)
+    p = res.get_samples()["p"]
+    assert energy_distance(p, ref, scale_by=None) < 2 * energy_distance(ref[:50], ref[50:], scale_by=None)
+    assert 1 <= int(res.trace["num_eigen"][-1]) <= 50
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
+
+
+def test_svng_with_the_true_precision_converges_faster_than_svgd(conjugate):
+    # natural gradient with metric = posterior precision is Newton-like on a Gaussian target:
+    # measured max mean error 0.07 sd after 200 plain steps (SVGD with the same plain step
+    # size 0.05 on the unscaled target: 0.82 sd)
+    precision = jnp.diag(1 / conjugate.post_sd**2)
+    run = lambda eng: eng.run(jax.random.key(0), 200, conjugate.y, progress_bar=False)  # noqa: E731
+    x = run(gf.SVNG(conjugate.model, num_particles=100, metric=precision, step_size=0.5)).get_samples()["x"]
+    x_h = run(gf.SVNG(conjugate.model, num_particles=100, step_size=0.5)).get_samples()["x"]
+    x0 = run(gf.SVNG(conjugate.model, num_particles=100, metric=jnp.eye(5), step_size=0.05)).get_samples()["x"]
+    err = lambda s: float(jnp.max(jnp.abs(s.mean(0) - conjugate.post_mean) / conjugate.post_sd))  # noqa: E731
+    assert err(x) < 0.15 and err(x_h) < 0.15
+    assert err(x0) > 3 * err(x)
+
+
+def test_svng_rejects_bad_metric():
+    with pytest.raises(ValueError, match="positive definite"):
+        gf.SVNG(sparse_dirichlet, metric=-jnp.eye(3))
+    with pytest.raises(ValueError, match="metric"):
+        gf.SVNG(sparse_dirichlet, metric="fisher")
