@@ -53,8 +53,12 @@ class KSDD(ParticleEngine):
     """Kernel Stein discrepancy descent (Korba et al. 2021) on a NumPyro model.
 
     Args:
+        model: a NumPyro model with continuous latent sites.
+        num_particles: particles for ``run`` (``MCMC`` takes ``num_chains``).
         step_size: plain gradient-descent step on ``F`` (``x -= step_size * grad F``), as in the
             paper; or pass ``optimizer=`` (any optax transformation; it gets ``grad F``).
+        optimizer: an optax ``GradientTransformation`` instead of ``step_size``.
+        init_strategy: NumPyro init strategy per particle.
         kernel: IMQ (``c = 1, beta = -1/2``, unit scale; default) or RBF. IMQ by default
             because the objective is then the KSD that detects non-convergence (Gorham & Mackey
             2017), and because a fixed kernel makes ``F`` one function across steps, so plain
@@ -88,7 +92,15 @@ class KSDD(ParticleEngine):
 
 
 class CoinKSDD(KSDD):
-    """KSD descent driven by coin betting: no step size (Sharrock & Nemeth 2023)."""
+    """KSD descent driven by coin betting: no step size (Sharrock & Nemeth 2023).
+
+    Args:
+        model: a NumPyro model with continuous latent sites.
+        num_particles: particles for ``run``.
+        kernel: IMQ (default) or RBF, as for `KSDD`.
+        alpha: the betting rule's ``alpha`` (0 by default).
+        init_strategy: NumPyro init strategy per particle.
+    """
 
     def __init__(self, model, *, num_particles: int | None = 100, kernel: Kernel | None = None,
                  alpha: float = 0.0, init_strategy=init_to_uniform):

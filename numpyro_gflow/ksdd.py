@@ -9,8 +9,9 @@ The particles ``x`` (n, d) descend the squared KSD of their own empirical measur
 with ``s = grad log p``. ``grad_x F`` involves ``grad s = Hessian of log p``: we get it by
 reverse-mode autodiff through the score (JAX differentiates ``score_fn``), which costs about one
 Hessian-vector product per particle per step -- no d x d Hessian is formed, so it scales like
-a few gradient evaluations. The kernel scale ``h`` (median heuristic by default) is held fixed
-inside each step's differentiation.
+a few gradient evaluations. The kernel scale ``h`` (fixed for the engines' default IMQ kernel;
+recomputed each step for a median-heuristic kernel) is held fixed inside each step's
+differentiation.
 """
 
 from __future__ import annotations
