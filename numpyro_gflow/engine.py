@@ -55,11 +55,14 @@ class ParticleEngine(MCMCKernel):
     #: name of the Info field that is the engine's objective (shown in the progress bar)
     objective: str = ""
 
+    #: fewest particles that make sense (a single Gaussian component is a valid mixture)
+    min_particles: int = 2
+
     def __init__(self, model, *, num_particles: int | None = 100, init_strategy=init_to_uniform):
         if not callable(model):
             raise TypeError(f"model must be a callable NumPyro model, got {type(model).__name__}")
         self._model = model
-        self.num_particles = None if num_particles is None else positive_int("num_particles", num_particles, 2)
+        self.num_particles = None if num_particles is None else positive_int("num_particles", num_particles, self.min_particles)
         self.init_strategy = init_strategy
         self._compiled: dict = {}
         self._kernel_bridge: ModelBridge | None = None
@@ -171,9 +174,13 @@ class ParticleEngine(MCMCKernel):
                 jax.effects_barrier()
                 bar.finish()
         self._check_finite_result(state.particles)
+        return self._result(state, info, compiled.bridge, args, kwargs, rng_key)
+
+    def _result(self, state, info, bridge, args, kwargs, rng_key) -> InferenceResult:
+        """The particles as the result; engines that fit a density override this."""
         return InferenceResult(
-            type(self).__name__, compiled.bridge, args, kwargs,
-            self._to_unconstrained(state.particles, compiled.bridge),
+            type(self).__name__, bridge, args, kwargs,
+            self._to_unconstrained(state.particles, bridge),
             info._asdict(), state=state, objective=self.objective,
         )
 

@@ -32,7 +32,7 @@ class InferenceResult:
     def __init__(self, engine: str, bridge: ModelBridge, model_args: tuple, model_kwargs: dict,
                  unconstrained: jax.Array, trace: dict, state=None,
                  sampler: Optional[Callable] = None, objective: str | None = None,
-                 guide=None, params=None):
+                 guide=None, params=None, log_q: Optional[Callable] = None):
         self.engine = engine
         self.bridge = bridge
         self.model_args = model_args
@@ -44,6 +44,7 @@ class InferenceResult:
         self.guide = guide
         self.params = params
         self._sampler = sampler
+        self._log_q = log_q
         self._samples = None
 
     @property
@@ -83,6 +84,22 @@ class InferenceResult:
         """Unnormalised log posterior (unconstrained space, Jacobian included) of each point."""
         args, kwargs = self.model_args, self.model_kwargs
         return jax.vmap(lambda z: self.bridge.log_density(z, args, kwargs))(self.unconstrained)
+
+    def log_q(self, z) -> jax.Array:
+        """Log density of the fitted approximation at flat unconstrained points ``z`` (n, d)."""
+        if self._log_q is None:
+            raise ValueError(f"{self.engine} has no density (its result is a set of particles)")
+        return self._log_q(z)
+
+    def elbo(self, rng_key, num_samples: int = 1000):
+        """Monte Carlo ELBO of the fitted approximation, with its standard error."""
+        from numpyro_gflow.diagnostics import elbo
+
+        if self._sampler is None or self._log_q is None:
+            raise ValueError(f"{self.engine} has no density, so no ELBO")
+        args, kwargs = self.model_args, self.model_kwargs
+        log_p = lambda z: jax.vmap(lambda x: self.bridge.log_density(x, args, kwargs))(z)  # noqa: E731
+        return elbo(log_p, self._sampler, self._log_q, rng_key, num_samples)
 
     def log_likelihood(self) -> dict:
         """Pointwise log-likelihood of each observed site at each point: site -> (n, ...)."""
