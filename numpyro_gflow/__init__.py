@@ -7,8 +7,9 @@ from numpyro_gflow.result import InferenceResult
 from numpyro_gflow.svgd import SVGD
 from numpyro_gflow.coin import CoinKSDD, CoinSVGD, KSDD
 from numpyro_gflow.lawgd import CoinLAWGD
+from numpyro_gflow.fbgvi import FBGVI
 from numpyro_gflow.isomix import IsoGaussianMixtureVI
 from numpyro_gflow.mirror import SVMD, SVNG, CoinMSVGD, MSVGD
 
-__all__ = ["ModelBridge", "InferenceResult", "SVGD", "CoinSVGD", "KSDD", "CoinKSDD", "CoinLAWGD", "MSVGD", "CoinMSVGD", "SVMD", "SVNG", "IsoGaussianMixtureVI", "RBFKernel", "IMQKernel", "kernels", "optim", "diagnostics"]
+__all__ = ["ModelBridge", "InferenceResult", "SVGD", "CoinSVGD", "KSDD", "CoinKSDD", "CoinLAWGD", "MSVGD", "CoinMSVGD", "SVMD", "SVNG", "IsoGaussianMixtureVI", "FBGVI", "RBFKernel", "IMQKernel", "kernels", "optim", "diagnostics"]
 __version__ = "0.1.0.dev0"

@@ -29,12 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from numpyro.distributions import biject_to
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_gflow._validate import positive_float, positive_int
 from numpyro_gflow.engine import ParticleEngine, Target
-from numpyro_gflow.result import InferenceResult
+from numpyro_gflow.result import InferenceResult, latent_guide
 
 __all__ = ["IsoMixState", "IsoMixInfo", "init", "step", "mixture_log_density", "mixture_score",
            "sample_mixture", "IsoGaussianMixtureVI"]
@@ -43,6 +42,7 @@ __all__ = ["IsoMixState", "IsoMixInfo", "init", "step", "mixture_log_density", "
 class IsoMixState(NamedTuple):
     particles: jax.Array     # (N, d) component means (named like the particle engines' field)
     variances: jax.Array     # (N,) isotropic variances eps_i
+    step_size: jax.Array     # h (in the state: set from the data at init, never baked in)
     rng_key: jax.Array
 
 
@@ -78,12 +78,14 @@ def sample_mixture(rng_key, means, variances, num_samples):
     return means[comp] + jnp.sqrt(variances[comp])[:, None] * noise
 
 
-def init(means, initial_variance, rng_key) -> IsoMixState:
-    return IsoMixState(means, jnp.full(means.shape[:1], initial_variance, means.dtype), rng_key)
+def init(means, variances, step_size, rng_key) -> IsoMixState:
+    variances = jnp.broadcast_to(jnp.asarray(variances, means.dtype), means.shape[:1])
+    return IsoMixState(means, variances, jnp.asarray(step_size, means.dtype), rng_key)
 
 
-def step(state: IsoMixState, score_fn, step_size: float, num_mc_samples: int,
+def step(state: IsoMixState, score_fn, num_mc_samples: int,
          variance_update: str) -> tuple[IsoMixState, IsoMixInfo]:
+    step_size = state.step_size
     rng_key, noise_key, batch_key = jax.random.split(state.rng_key, 3)
     m, eps = state.particles, state.variances
     N, d = m.shape
@@ -104,7 +106,7 @@ def step(state: IsoMixState, score_fn, step_size: float, num_mc_samples: int,
         new_eps = eps * jnp.exp(-ratio)
     elbo = jnp.mean(log_pi - mixture_log_density(x, m, eps))
     info = IsoMixInfo(elbo, jnp.mean(eps), jnp.sum(clipped))
-    return IsoMixState(m - step_size * g, new_eps, rng_key), info
+    return IsoMixState(m - step_size * g, new_eps, state.step_size, rng_key), info
 
 
 class IsoGaussianMixtureVI(ParticleEngine):
@@ -176,13 +178,13 @@ class IsoGaussianMixtureVI(ParticleEngine):
         if self.step_size == "auto":
             # stable mean steps need h < 2 / L; take a quarter of that bound, L the largest
             # curvature found at the initial means (power iteration on Hessian-vector products)
-            self._h = float(0.5 / jnp.maximum(jnp.max(top), 1e-6))
+            h = 0.5 / jnp.maximum(jnp.max(top), 1e-6)
         else:
-            self._h = self.step_size
-        return IsoMixState(particles, variances.astype(particles.dtype), rng_key)
+            h = self.step_size
+        return init(particles, variances, h, rng_key)
 
     def _core_step(self, state, score_fn):
-        return step(state, score_fn, self._h, self.num_mc_samples, self.variance_update)
+        return step(state, score_fn, self.num_mc_samples, self.variance_update)
 
     def _result(self, state, info, bridge, args, kwargs, rng_key) -> InferenceResult:
         means, variances = state.particles, state.variances
@@ -196,7 +198,7 @@ class IsoGaussianMixtureVI(ParticleEngine):
             type(self).__name__, bridge, args, kwargs, draws, info._asdict(), state=state,
             objective=self.objective, sampler=sampler,
             log_q=lambda z: mixture_log_density(z, means, variances),
-            guide=make_guide(bridge), params=params,
+            guide=latent_guide(bridge, _isomix_latent), params=params,
         )
 
 
@@ -236,24 +238,28 @@ def _curvature(log_p, z, rng_key, iterations: int = 30):
             return w / (jnp.linalg.norm(w) + 1e-30), None
 
         v, _ = jax.lax.scan(power, v / jnp.linalg.norm(v), None, length=iterations)
-        return tr, jnp.abs(v @ hvp(x, v))
+        top = jnp.abs(v @ hvp(x, v))
+        return tr, top
 
     return jax.vmap(one)(z, jax.random.split(rng_key, z.shape[0]))
 
 
-def make_guide(bridge):
-    """A NumPyro guide drawing from the mixture (params ``isomix_means``, ``isomix_variances``)
-    in the unconstrained space and pushing the draw through NumPyro's transforms."""
+def smallest_curvature(log_p, x, top, rng_key, iterations: int = 100):
+    """Smallest eigenvalue of ``-grad^2 log p(x)`` by power iteration on ``top I - H``."""
+    hvp = lambda v: jax.jvp(jax.grad(lambda y: -log_p(y)), (x,), (v,))[1]  # noqa: E731
+    v = jax.random.normal(rng_key, x.shape, x.dtype)
 
-    def guide(*args, **kwargs):
-        means = numpyro.param("isomix_means", jnp.zeros((1, bridge.dim)))
-        variances = numpyro.param("isomix_variances", jnp.ones(1))
-        mix = dist.MixtureSameFamily(
-            dist.Categorical(logits=jnp.zeros(means.shape[0])),
-            dist.Normal(means, jnp.sqrt(variances)[:, None]).to_event(1))
-        z = numpyro.sample("_isomix_latent", mix, infer={"is_auxiliary": True})
-        for name, value in bridge.unflatten(z).items():
-            constrained = biject_to(bridge.supports[name])(value)
-            numpyro.sample(name, dist.Delta(constrained, event_dim=jnp.ndim(constrained)))
+    def power(v, _):
+        w = top * v - hvp(v)
+        return w / (jnp.linalg.norm(w) + 1e-30), None
 
-    return guide
+    v, _ = jax.lax.scan(power, v / jnp.linalg.norm(v), None, length=iterations)
+    return v @ hvp(v)
+
+
+def _isomix_latent(dim):
+    means = numpyro.param("isomix_means", jnp.zeros((1, dim)))
+    variances = numpyro.param("isomix_variances", jnp.ones(1))
+    return dist.MixtureSameFamily(
+        dist.Categorical(logits=jnp.zeros(means.shape[0])),
+        dist.Normal(means, jnp.sqrt(variances)[:, None]).to_event(1))

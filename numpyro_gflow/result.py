@@ -10,7 +10,28 @@ import numpy as np
 
 from numpyro_gflow.bridge import ModelBridge
 
-__all__ = ["InferenceResult"]
+__all__ = ["InferenceResult", "latent_guide"]
+
+
+def latent_guide(bridge: ModelBridge, latent: Callable):
+    """A NumPyro guide from a distribution over the flat unconstrained latent vector.
+
+    ``latent(dim)`` declares the guide's ``numpyro.param`` sites and returns the distribution;
+    its draw is an auxiliary site, pushed through NumPyro's transforms into each latent site
+    (the pattern of NumPyro's own AutoContinuous guides), so
+    ``Predictive(model, guide=guide, params=result.params, num_samples=...)`` works.
+    """
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.distributions import biject_to
+
+    def guide(*args, **kwargs):
+        z = numpyro.sample("_gflow_latent", latent(bridge.dim), infer={"is_auxiliary": True})
+        for name, value in bridge.unflatten(z).items():
+            constrained = biject_to(bridge.supports[name])(value)
+            numpyro.sample(name, dist.Delta(constrained, event_dim=jnp.ndim(constrained)))
+
+    return guide
 
 
 class InferenceResult:
