@@ -2,6 +2,7 @@
 #   make demo   - install, then fit SVGD and NUTS on a real model and print the comparison
 #   make test   - install with test extras, then run the default (non-slow) test suite
 #   make test-slow - the long accuracy checks
+#   make bench     - the benchmark table (not part of the tests)
 #   make docs   - build the documentation site into site/ (mkdocs build --strict)
 SHELL := /bin/bash
 VENV := .venv
@@ -17,7 +18,7 @@ for c in $(PYTHON) python3.13 python3.12 python3 $$(ls -d $${PYENV_ROOT:-$$HOME/
 done; exit 1
 endef
 
-.PHONY: demo test test-slow docs venv clean
+.PHONY: demo test test-slow bench docs venv clean
 
 $(VPY):
 	@py=$$($(FIND_PYTHON)) || { echo "error: numpyro-gflow needs Python >= 3.12; none found (set PYTHON=/path/to/python3.12)" >&2; exit 1; }; \
@@ -39,6 +40,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(VPY) -m pytest -m slow
+
+# every engine vs NUTS / SVI / NumPyro SteinVI on the model set; writes benchmarks/results/
+bench: $(STAMP)
+	$(VPY) -m benchmarks.run
 
 docs: $(STAMP)
 	$(VPY) -m mkdocs build --strict -d site
