@@ -35,6 +35,7 @@ from numpyro.distributions import biject_to, constraints
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_gflow.bridge import ModelBridge
+from numpyro_gflow.diagnostics import ksd
 from numpyro_gflow.engine import ParticleEngine, Target
 from numpyro_gflow.kernels import IMQKernel, Kernel, RBFKernel, kernel_matrix
 from numpyro_gflow.optim import as_optimizer, coin_betting, svgd_adagrad
@@ -236,6 +237,7 @@ class MSVGDInfo(NamedTuple):
     stein_sq_norm: jax.Array
     bandwidth: jax.Array
     mean_log_density: jax.Array   # of the dual target
+    ksd: jax.Array                # IMQ KSD of the particles against the dual target
 
 
 def mirrored_direction(kernel: Kernel, ev: MirrorEval, slices: tuple):
@@ -273,7 +275,8 @@ def step(state: MSVGDState, eval_fn: Callable, slices: tuple, kernel: Kernel,
     phi, h = mirrored_direction(kernel, ev, slices)
     updates, opt_state = optimizer.update(-phi, state.opt_state, state.particles)
     particles = optax.apply_updates(state.particles, updates)
-    info = MSVGDInfo(jnp.mean(jnp.sum(phi**2, -1)), h, jnp.mean(ev.log_density))
+    info = MSVGDInfo(jnp.mean(jnp.sum(phi**2, -1)), h, jnp.mean(ev.log_density),
+                     ksd(state.particles, ev.score))
     return MSVGDState(particles, opt_state, rng_key), info
 
 
@@ -409,6 +412,7 @@ class SVMDInfo(NamedTuple):
     bandwidth: jax.Array
     mean_log_density: jax.Array
     num_eigen: jax.Array
+    ksd: jax.Array               # IMQ KSD of the particles (dual space for SVMD)
 
 
 def _apply_hessian_psi(ev: MirrorEval, slices):
@@ -429,7 +433,8 @@ def svmd_step(state: MSVGDState, eval_fn: Callable, slices: tuple, kernel: Kerne
     phi, h, m = svmd_direction(kernel, ev, slices, _apply_hessian_psi(ev, slices), threshold)
     updates, opt_state = optimizer.update(-phi, state.opt_state, state.particles)
     particles = optax.apply_updates(state.particles, updates)
-    info = SVMDInfo(jnp.mean(jnp.sum(phi**2, -1)), h, jnp.mean(ev.log_density), m)
+    info = SVMDInfo(jnp.mean(jnp.sum(phi**2, -1)), h, jnp.mean(ev.log_density), m,
+                    ksd(state.particles, ev.score))
     return MSVGDState(particles, opt_state, rng_key), info
 
 
@@ -492,7 +497,7 @@ def svng_step(state: SVNGState, score_fn: Callable, hessian_fn: Callable | None,
     phi, h, m = svmd_direction(kernel, ev, ((0, x.shape[1]),), middle, threshold)
     updates, opt_state = optimizer.update(-phi, state.opt_state, x)
     new = SVNGState(optax.apply_updates(x, updates), opt_state, G, state.count + 1, rng_key)
-    return new, SVMDInfo(jnp.mean(jnp.sum(phi**2, -1)), h, jnp.mean(logp), m)
+    return new, SVMDInfo(jnp.mean(jnp.sum(phi**2, -1)), h, jnp.mean(logp), m, ksd(x, score))
 
 
 class SVNG(ParticleEngine):

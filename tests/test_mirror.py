@@ -149,3 +149,12 @@ def test_svng_rejects_bad_metric():
         gf.SVNG(sparse_dirichlet, metric=-jnp.eye(3))
     with pytest.raises(ValueError, match="metric"):
         gf.SVNG(sparse_dirichlet, metric="fisher")
+
+
+def test_mirrored_traces_carry_the_ksd():
+    y = jnp.array([0.5, 1.2, -0.3])
+    for eng in (gf.MSVGD(mixed_sites, num_particles=10, step_size=0.5),
+                gf.SVMD(mixed_sites, num_particles=10, step_size=0.5)):
+        trace = eng.run(jax.random.key(0), 200, y, progress_bar=False).trace["ksd"]
+        assert trace.shape == (200,) and np.all(np.isfinite(trace))
+        assert trace[-1] < trace[0]
