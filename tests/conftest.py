@@ -54,3 +54,25 @@ def linreg_nuts(linreg_data):
     mcmc = MCMC(NUTS(linreg_model), num_warmup=1000, num_samples=4000, progress_bar=False)
     mcmc.run(jax.random.key(11), X, y)
     return {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
+
+
+class MinibatchNormalMean:
+    """mu ~ N(0, 10^2), x_i ~ N(mu, 2^2), i < 500, fitted with mini-batches of 50: known posterior."""
+
+    N, subsample_size = 500, 50
+
+    def __init__(self):
+        self.x = jax.random.normal(jax.random.key(0), (self.N,)) * 2.0 + 1.5
+        precision = self.N / 4.0 + 1 / 100
+        self.post_mean = float(self.x.sum() / 4.0 / precision)
+        self.post_sd = float(precision**-0.5)
+
+    def model(self, x):
+        mu = numpyro.sample("mu", dist.Normal(0, 10))
+        with numpyro.plate("data", self.N, subsample_size=self.subsample_size) as idx:
+            numpyro.sample("x", dist.Normal(mu, 2.0), obs=x[idx])
+
+
+@pytest.fixture(scope="session")
+def minibatch_target():
+    return MinibatchNormalMean()

@@ -94,21 +94,12 @@ def test_ksdd_decreases_ksd_monotonically_and_coin_ksdd_matches(conjugate):
     assert mean_err < 0.1 and sd_err < 0.15
 
 
-def test_coin_svgd_with_minibatches_converges():
-    N = 500
-    x = jax.random.normal(jax.random.key(0), (N,)) * 2.0 + 1.5
-
-    def model(x):
-        mu = numpyro.sample("mu", dist.Normal(0, 10))
-        with numpyro.plate("data", N, subsample_size=50) as idx:
-            numpyro.sample("x", dist.Normal(mu, 2.0), obs=x[idx])
-
-    res = gf.CoinSVGD(model, num_particles=50).run(jax.random.key(1), 3000, x, progress_bar=False)
-    post_mean = x.sum() / 4.0 / (N / 4.0 + 1 / 100)
-    post_sd = (N / 4.0 + 1 / 100) ** -0.5
+def test_coin_svgd_with_minibatches_converges(minibatch_target):
+    t = minibatch_target
+    res = gf.CoinSVGD(t.model, num_particles=50).run(jax.random.key(1), 3000, t.x, progress_bar=False)
     mu = res.get_samples()["mu"]
-    assert abs(float(mu.mean()) - float(post_mean)) < 1.0 * post_sd
-    assert float(mu.std()) < 3 * post_sd
+    assert abs(float(mu.mean()) - t.post_mean) < 1.0 * t.post_sd
+    assert float(mu.std()) < 3 * t.post_sd
 
 
 def test_coin_engines_are_mcmc_kernels(linreg_data):
