@@ -148,17 +148,24 @@ class GflowEngine(Engine):
         def run(rng_key):
             res = engine.run(rng_key, steps, *bm.args, progress_bar=False, **bm.kwargs)
             jax.block_until_ready(res.unconstrained)
-            note = ", ".join(f"{k}={v}" for k, v in opts.items() if k != "num_particles")
-            try:  # an engine that fits a density: fresh draws, as many as from the SVI guides
-                draws = res.get_samples(cfg.svi_draws, jax.random.fold_in(rng_key, 1))
-                note = ", ".join(filter(None, [note, f"{cfg.svi_draws} draws from the fitted density"]))
-            except ValueError:  # a particle engine: its particles
-                draws = res.get_samples()
+            note = [f"{k}={v}" for k, v in opts.items() if k != "num_particles"]
+            # an engine that fits a density (its result has a sampler) gives fresh draws, as
+            # many as an SVI guide, drawn after the timing as for SVI; a particle engine its
+            # particles
+            fits_density = getattr(res, "_sampler", None) is not None
+            if fits_density:
+                note.append(f"{cfg.svi_draws} draws from the fitted density")
+
+            def samples():
+                if fits_density:
+                    return res.get_samples(cfg.svi_draws, jax.random.fold_in(rng_key, 1))
+                return res.get_samples()
+
             # particle engines: one score evaluation per particle per step; others: engine-specific
             grads = res.num_samples * steps if particles else None
             if grads is None:
-                note = ", ".join(filter(None, [note, "grad evals not counted"]))
-            return Fit(res.unconstrained, lambda: draws, grads, note)
+                note.append("grad evals not counted")
+            return Fit(res.unconstrained, samples, grads, ", ".join(note))
 
         return run
 
