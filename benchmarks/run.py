@@ -511,8 +511,10 @@ def write_plot(rows, path: Path, model_names):
 
     ok = [r for r in rows if not r.get("error")]
     engines = list(dict.fromkeys(r["engine"] for r in rows))
-    markers = dict(zip(engines, "osD^vP*Xh<>" * 2))
-    colors = dict(zip(engines, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2))
+    markers = dict(zip(engines, "osD^vP*Xh<>pd8H" * 2))
+    palette = (plt.rcParams["axes.prop_cycle"].by_key()["color"] if len(engines) <= 10
+               else [plt.get_cmap("tab20")(i) for i in range(20)])
+    colors = dict(zip(engines, palette * 2))
     styles = dict(zip(sorted({r["draws"] for r in ok}), (":", "--", "-.", (0, (1, 3)))))
     ncols = min(4, len(model_names))
     nrows = -(-len(model_names) // ncols)
