@@ -10,6 +10,7 @@ from numpyro_gflow.lawgd import CoinLAWGD
 from numpyro_gflow.fbgvi import FBGVI
 from numpyro_gflow.isomix import IsoGaussianMixtureVI
 from numpyro_gflow.mirror import SVMD, SVNG, CoinMSVGD, MSVGD
+from numpyro_gflow.mixflow import MixFlow, MixFlowKernel
 
-__all__ = ["ModelBridge", "InferenceResult", "SVGD", "CoinSVGD", "KSDD", "CoinKSDD", "CoinLAWGD", "MSVGD", "CoinMSVGD", "SVMD", "SVNG", "IsoGaussianMixtureVI", "FBGVI", "RBFKernel", "IMQKernel", "kernels", "optim", "diagnostics"]
+__all__ = ["ModelBridge", "InferenceResult", "SVGD", "CoinSVGD", "KSDD", "CoinKSDD", "CoinLAWGD", "MSVGD", "CoinMSVGD", "SVMD", "SVNG", "IsoGaussianMixtureVI", "FBGVI", "MixFlow", "MixFlowKernel", "RBFKernel", "IMQKernel", "kernels", "optim", "diagnostics"]
 __version__ = "0.1.0.dev0"

@@ -58,6 +58,9 @@ class ParticleEngine(MCMCKernel):
     #: fewest particles that make sense (a single Gaussian component is a valid mixture)
     min_particles: int = 2
 
+    #: fewest steps ``run`` accepts (0 where the result is useful without any step)
+    min_steps: int = 1
+
     def __init__(self, model, *, num_particles: int | None = 100, init_strategy=init_to_uniform):
         if not callable(model):
             raise TypeError(f"model must be a callable NumPyro model, got {type(model).__name__}")
@@ -154,7 +157,7 @@ class ParticleEngine(MCMCKernel):
             init_params: optional dict of unconstrained initial values, leading dim = particles.
             init_state: continue from ``result.state`` of an earlier run on the same inputs.
         """
-        num_steps = positive_int("num_steps", num_steps)
+        num_steps = positive_int("num_steps", num_steps, self.min_steps)
         if not is_prng_key(rng_key):
             raise TypeError("rng_key must be a JAX PRNG key, e.g. jax.random.key(0)")
         if self.num_particles is None:

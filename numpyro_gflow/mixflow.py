@@ -1,0 +1,677 @@
+"""MixFlows: mixed variational flows from uncorrected Hamiltonian dynamics.
+
+Xu, Chen & Campbell, "MixFlows: principled variational inference via mixed flows" (ICML 2023).
+The state is augmented to ``z = (x, rho, u)``: ``x`` in NumPyro's unconstrained space, a
+momentum ``rho`` with standard Laplace density ``m`` (as in the authors' code: with Laplace
+momentum the position moves by ``+-eps`` per leapfrog step whatever ``|rho|`` is, so round-off
+is not amplified, and forward-then-inverse maps stay exact for thousands of steps; Gaussian
+momentum loses invertibility within tens of steps), and an auxiliary ``u`` in ``[0, 1)``.
+The augmented target is ``pi(x) m(rho) 1[u in [0, 1)]``.
+
+One flow map ``T`` = ``num_leapfrog`` uncorrected leapfrog steps (no accept/reject), then the
+deterministic momentum refreshment, coordinate by coordinate::
+
+    rho_i <- F^{-1}((F(rho_i) + xi(x_i, u)) mod 1),   xi(x, u) = (sin(2 x + u) + 1) / 2
+    u     <- (u + pi / 16) mod 1          (after each coordinate, as the authors' code)
+
+with ``F`` the Laplace CDF. Leapfrog steps and the shift of ``u`` preserve volume; the refresh
+has ``log |J| = sum_i log m(rho_i) - log m(rho_i')``. The MixFlow is the uniform mixture of
+``T^n q0`` over ``n = 0 .. N-1`` (``N = flow_length``), ``q0 = N(loc, diag(scale^2)) x m x U[0, 1)``:
+
+* sampling: ``K ~ U{0..N-1}``, ``z0 ~ q0``, return ``T^K z0``;
+* density: ``q_N(z) = (1/N) sum_{n<N} q0(T^{-n} z) |J_{T^{-n}}(z)|``, one backward pass with a
+  running log-sum-exp (memory independent of ``N``);
+* ELBO: ``E_{z0 ~ q0} (1/N) sum_{n<N} [log pibar(T^n z0) - log q_N(T^n z0)]`` (unbiased). One
+  trajectory ``T^{-(N-1)} z0 .. T^{N-1} z0`` gives all ``N`` terms: ``log q_N(z_n)`` is a
+  window log-sum-exp of ``log q0(z_j) + C_j`` (``C_j`` the cumulative log-Jacobian) minus
+  ``C_n``, so only ``2N - 1`` scalars per draw are kept, never the trajectory.
+
+The leapfrog step is a vector ``eps = step_size * scale`` (the reference's per-coordinate
+scale): with Laplace momentum each coordinate moves by ``eps_i`` per leapfrog step, so steps
+in units of the posterior's scale make one ``step_size`` fit every coordinate. The dynamics
+``dx_i/dt = eps_i sign(rho_i)``, ``drho_i/dt = eps_i d_i log pi`` conserve the Hamiltonian and
+volume, so the exact flow preserves the augmented target; the leapfrog discretisation does
+only approximately (that is the "uncorrected" in the name).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+from jax import lax
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.mcmc import MCMCKernel
+from numpyro.util import is_prng_key
+
+from numpyro_gflow._validate import positive_float, positive_int
+from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_args
+from numpyro_gflow.engine import ParticleEngine, Target
+from numpyro_gflow.result import InferenceResult, latent_guide
+
+__all__ = [
+    "FlowPoint", "MixFlowParams", "ReferenceState", "ReferenceInfo", "reference_init",
+    "reference_step", "flow_map", "inverse_flow_map", "sample_reference", "log_reference",
+    "sample", "log_density", "elbo", "inversion_error", "MixFlow", "MixFlowKernel",
+]
+
+#: the irrational shift of the auxiliary variable per flow map (the authors' pi / 16)
+U_SHIFT = math.pi / 16
+_LOG2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------------------- Laplace momentum
+def laplace_cdf(r):
+    return 0.5 - 0.5 * jnp.sign(r) * jnp.expm1(-jnp.abs(r))
+
+
+def laplace_icdf(p):
+    return jnp.sign(0.5 - p) * jnp.log1p(-2.0 * jnp.abs(p - 0.5))
+
+
+def log_laplace(r):
+    """log m(rho) summed over the last axis (standard Laplace)."""
+    return -jnp.sum(jnp.abs(r) + _LOG2, -1)
+
+
+def _xi(x, u):
+    return 0.5 * (jnp.sin(2.0 * x + u) + 1.0)
+
+
+def _coordinate_u(u, d):
+    """The auxiliary value each coordinate's refresh sees, and the next ``u`` (last entry):
+    the authors' code shifts ``u`` by pi/16 after each coordinate."""
+    return jnp.mod(u + U_SHIFT * jnp.arange(d + 1, dtype=jnp.result_type(u)), 1.0)
+
+
+# ---------------------------------------------------------------------------- the flow map
+class FlowPoint(NamedTuple):
+    """A point of the augmented space, with ``log pi(x)`` and its gradient cached."""
+
+    x: jax.Array        # (d,) position, NumPyro's unconstrained space
+    rho: jax.Array      # (d,) Laplace momentum
+    u: jax.Array        # () auxiliary variable in [0, 1)
+    log_p: jax.Array    # () log pi(x)
+    grad: jax.Array     # (d,) grad log pi(x)
+
+
+class MixFlowParams(NamedTuple):
+    loc: jax.Array        # (d,) reference mean
+    scale: jax.Array      # (d,) reference sd
+    step_size: jax.Array  # (d,) leapfrog step per coordinate
+
+
+def _point(x, rho, u, value_and_grad):
+    log_p, grad = value_and_grad(x)
+    return FlowPoint(x, rho, u, log_p, grad)
+
+
+def _leapfrog(p: FlowPoint, eps, value_and_grad, direction: float) -> FlowPoint:
+    h = direction * eps
+    rho = p.rho + 0.5 * h * p.grad
+    x = p.x + h * jnp.sign(rho)
+    log_p, grad = value_and_grad(x)
+    return FlowPoint(x, rho + 0.5 * h * grad, p.u, log_p, grad)
+
+
+def flow_map(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
+             num_leapfrog: int) -> tuple[FlowPoint, jax.Array]:
+    """``T(p)`` and ``log |J_T(p)|``."""
+    p = lax.fori_loop(0, num_leapfrog,
+                      lambda _, q: _leapfrog(q, params.step_size, value_and_grad, 1.0), p)
+    u = _coordinate_u(p.u, p.x.shape[-1])
+    rho = laplace_icdf(jnp.mod(laplace_cdf(p.rho) + _xi(p.x, u[:-1]), 1.0))
+    log_jac = log_laplace(p.rho) - log_laplace(rho)
+    return p._replace(rho=rho, u=u[-1]), log_jac
+
+
+def inverse_flow_map(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
+                     num_leapfrog: int) -> tuple[FlowPoint, jax.Array]:
+    """``T^{-1}(p)`` and ``log |J_T(T^{-1} p)|`` (the forward map's log-Jacobian there)."""
+    d = p.x.shape[-1]
+    u = jnp.mod(p.u - d * U_SHIFT, 1.0)
+    rho = laplace_icdf(jnp.mod(laplace_cdf(p.rho) - _xi(p.x, _coordinate_u(u, d)[:-1]), 1.0))
+    log_jac = log_laplace(rho) - log_laplace(p.rho)
+    p = p._replace(rho=rho, u=u)
+    p = lax.fori_loop(0, num_leapfrog,
+                      lambda _, q: _leapfrog(q, params.step_size, value_and_grad, -1.0), p)
+    return p, log_jac
+
+
+# ---------------------------------------------------------------------------- reference q0
+def sample_reference(rng_key, params: MixFlowParams, value_and_grad: Callable) -> FlowPoint:
+    k_x, k_rho, k_u = jax.random.split(rng_key, 3)
+    d = params.loc.shape[-1]
+    dtype = params.loc.dtype
+    x = params.loc + params.scale * jax.random.normal(k_x, (d,), dtype)
+    rho = laplace_icdf(jax.random.uniform(k_rho, (d,), dtype, minval=1e-7, maxval=1 - 1e-7))
+    return _point(x, rho, jax.random.uniform(k_u, (), dtype), value_and_grad)
+
+
+def log_reference(p: FlowPoint, params: MixFlowParams):
+    """log q0(x, rho, u) (``u`` always lies in [0, 1), where its density is 1)."""
+    log_x = jnp.sum(dist.Normal(params.loc, params.scale).log_prob(p.x), -1)
+    return log_x + log_laplace(p.rho)
+
+
+def log_target(p: FlowPoint):
+    """log pibar(x, rho, u) = log pi(x) + log m(rho), up to pi's normalising constant."""
+    return p.log_p + log_laplace(p.rho)
+
+
+# ---------------------------------------------------------------------------- the three operations
+def sample(rng_key, params: MixFlowParams, value_and_grad: Callable, flow_length: int,
+           num_leapfrog: int) -> FlowPoint:
+    """One draw of the MixFlow: ``T^K z0`` with ``K ~ U{0..N-1}``, ``z0 ~ q0`` (vmap for many)."""
+    k_n, k_0 = jax.random.split(rng_key)
+    n = jax.random.randint(k_n, (), 0, flow_length)
+    p = sample_reference(k_0, params, value_and_grad)
+    return lax.fori_loop(0, n, lambda _, q: flow_map(q, params, value_and_grad, num_leapfrog)[0], p)
+
+
+def _finite_or_neg_inf(v):
+    # a point whose backward orbit leaves the floating-point range (far in the tails) adds no
+    # reference mass, rather than a NaN
+    return jnp.where(jnp.isfinite(v), v, -jnp.inf)
+
+
+def log_density(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
+                flow_length: int, num_leapfrog: int):
+    """log q_N(x, rho, u): one backward pass, running log-sum-exp (O(1) memory in N)."""
+
+    def body(carry, _):
+        q, cum, acc = carry
+        q, log_jac = inverse_flow_map(q, params, value_and_grad, num_leapfrog)
+        cum = cum - log_jac            # log |J_{T^{-k}}(z)|
+        return (q, cum, jnp.logaddexp(acc, _finite_or_neg_inf(log_reference(q, params) + cum))), None
+
+    init = (p, jnp.zeros((), p.x.dtype), log_reference(p, params))
+    (_, _, acc), _ = lax.scan(body, init, None, length=flow_length - 1)
+    return acc - jnp.log(flow_length)
+
+
+def _trajectory_terms(rng_key, params, value_and_grad, flow_length, num_leapfrog):
+    """``log pibar(z_n) - log q_N(z_n)`` for ``z_n = T^n z0``, n < N, from one z0 ~ q0."""
+    N = flow_length
+    z0 = sample_reference(rng_key, params, value_and_grad)
+
+    def back(carry, _):
+        q, cum = carry
+        q, log_jac = inverse_flow_map(q, params, value_and_grad, num_leapfrog)
+        cum = cum - log_jac
+        return (q, cum), _finite_or_neg_inf(log_reference(q, params) + cum)
+
+    def fwd(carry, _):
+        q, cum = carry
+        out = (_finite_or_neg_inf(log_reference(q, params) + cum), log_target(q), cum)
+        q, log_jac = flow_map(q, params, value_and_grad, num_leapfrog)
+        return (q, cum + log_jac), out
+
+    zero = jnp.zeros((), params.loc.dtype)
+    _, a_back = lax.scan(back, (z0, zero), None, length=N - 1)        # j = -1 .. -(N-1)
+    _, (a_fwd, log_t, cum) = lax.scan(fwd, (z0, zero), None, length=N)  # j = 0 .. N-1
+    a = jnp.concatenate([a_back[::-1], a_fwd])                         # j = -(N-1) .. N-1
+
+    def window(acc, k):  # acc[n] = logsumexp_{j = n-k..n} a_j, window of N ending at n
+        return jnp.logaddexp(acc, lax.dynamic_slice_in_dim(a, N - 1 - k, N)), None
+
+    acc, _ = lax.scan(window, jnp.full((N,), -jnp.inf, a.dtype), jnp.arange(N))
+    log_q = acc - jnp.log(N) - cum
+    return log_t - log_q
+
+
+def elbo(rng_key, params: MixFlowParams, value_and_grad: Callable, flow_length: int,
+         num_leapfrog: int, num_samples: int):
+    """Unbiased ELBO estimate (augmented space) and its standard error, ``num_samples`` draws
+    of ``z0``, each contributing its whole trajectory (``N`` terms for ``3N - 2`` flow maps)."""
+    terms = jax.vmap(lambda k: jnp.mean(_trajectory_terms(k, params, value_and_grad, flow_length,
+                                                          num_leapfrog)))(
+        jax.random.split(rng_key, num_samples))
+    return jnp.mean(terms), jnp.std(terms) / jnp.sqrt(num_samples)
+
+
+def inversion_error(rng_key, params: MixFlowParams, value_and_grad: Callable, num_maps: int,
+                    num_leapfrog: int):
+    """max |z - T^{-n} T^n z| over the coordinates of (x, rho, u), for one z ~ q0.
+
+    ``u`` is compared on the circle (it lives modulo 1)."""
+    z = sample_reference(rng_key, params, value_and_grad)
+    fwd = lax.fori_loop(0, num_maps, lambda _, q: flow_map(q, params, value_and_grad, num_leapfrog)[0], z)
+    back = lax.fori_loop(0, num_maps,
+                         lambda _, q: inverse_flow_map(q, params, value_and_grad, num_leapfrog)[0], fwd)
+    du = jnp.abs(back.u - z.u)
+    du = jnp.minimum(du, 1.0 - du)
+    return jnp.maximum(jnp.maximum(jnp.max(jnp.abs(back.x - z.x)), jnp.max(jnp.abs(back.rho - z.rho))), du)
+
+
+# ---------------------------------------------------------------------------- reference fit (core)
+class ReferenceState(NamedTuple):
+    """Mean-field Gaussian VI of the reference (reparameterised ELBO gradients, optax)."""
+
+    particles: jax.Array    # (1, d) the reference mean (named like the particle engines' field)
+    log_scale: jax.Array    # (1, d)
+    opt_state: optax.OptState
+    rng_key: jax.Array
+
+
+class ReferenceInfo(NamedTuple):
+    elbo: jax.Array         # ELBO estimate of the mean-field reference at the start of the step
+
+
+def reference_init(loc, scale, optimizer: optax.GradientTransformation, rng_key) -> ReferenceState:
+    loc = jnp.atleast_2d(loc)
+    log_scale = jnp.log(jnp.broadcast_to(jnp.asarray(scale, loc.dtype), loc.shape))
+    return ReferenceState(loc, log_scale, optimizer.init((loc, log_scale)), rng_key)
+
+
+def reference_step(state: ReferenceState, score_fn: Callable, optimizer, num_mc_samples: int
+                   ) -> tuple[ReferenceState, ReferenceInfo]:
+    rng_key, k_noise, k_batch = jax.random.split(state.rng_key, 3)
+    loc, log_scale = state.particles, state.log_scale
+    d = loc.shape[-1]
+    eps = jax.random.normal(k_noise, (num_mc_samples, d), loc.dtype)
+    scale = jnp.exp(log_scale)
+    log_p, score = score_fn(loc + scale * eps, k_batch)
+    entropy = jnp.sum(log_scale) + 0.5 * d * (1.0 + jnp.log(2 * jnp.pi))
+    elbo_value = jnp.mean(log_p) + entropy
+    # gradients of -ELBO: reparameterisation for the expected log density, exact entropy
+    g_loc = -jnp.mean(score, 0, keepdims=True)
+    g_log_scale = -(jnp.mean(score * eps, 0, keepdims=True) * scale + 1.0)
+    updates, opt_state = optimizer.update((g_loc, g_log_scale), state.opt_state, (loc, log_scale))
+    loc, log_scale = optax.apply_updates((loc, log_scale), updates)
+    return ReferenceState(loc, log_scale, opt_state, rng_key), ReferenceInfo(elbo_value)
+
+
+# ---------------------------------------------------------------------------- NumPyro-facing
+class _StaticTarget(NamedTuple):
+    """Hashable handle on a model and the static part of its inputs (a jit static argument)."""
+
+    bridge: ModelBridge
+    static: tuple
+    treedef: object
+
+    def value_and_grad(self, dynamic):
+        args, kwargs = merge_static_args(dynamic, self.static, self.treedef)
+        # the flow must be deterministic to be invertible: always the full data
+        return lambda x: self.bridge.value_and_grad(x, args, kwargs)
+
+
+def _split(bridge, args, kwargs):
+    dynamic, static, treedef, _ = split_static_args(args, kwargs)
+    try:
+        hash(static)
+    except TypeError:
+        static = _Unhashable(static)
+    return _StaticTarget(bridge, static, treedef), dynamic
+
+
+class _Unhashable(tuple):
+    """Static inputs that cannot be hashed: compared by identity (compiles once per object)."""
+
+    def __new__(cls, value):
+        self = super().__new__(cls, ())
+        self.value = value
+        return self
+
+    def __hash__(self):
+        return id(self.value)
+
+    def __eq__(self, other):
+        return isinstance(other, _Unhashable) and other.value is self.value
+
+    def __iter__(self):
+        return iter(self.value)
+
+
+@partial(jax.jit, static_argnames=("target", "flow_length", "num_leapfrog", "num_samples"))
+def _jit_sample(rng_key, params, dynamic, target, flow_length, num_leapfrog, num_samples):
+    vg = target.value_and_grad(dynamic)
+    return jax.vmap(lambda k: sample(k, params, vg, flow_length, num_leapfrog))(
+        jax.random.split(rng_key, num_samples))
+
+
+@partial(jax.jit, static_argnames=("target", "flow_length", "num_leapfrog"))
+def _jit_log_density(x, rho, u, params, dynamic, target, flow_length, num_leapfrog):
+    vg = target.value_and_grad(dynamic)
+
+    def one(x, rho, u):
+        return log_density(_point(x, rho, u, vg), params, vg, flow_length, num_leapfrog)
+
+    return jax.vmap(one)(x, rho, u)
+
+
+@partial(jax.jit, static_argnames=("target", "flow_length", "num_leapfrog", "num_samples"))
+def _jit_elbo(rng_key, params, dynamic, target, flow_length, num_leapfrog, num_samples):
+    return elbo(rng_key, params, target.value_and_grad(dynamic), flow_length, num_leapfrog, num_samples)
+
+
+@partial(jax.jit, static_argnames=("target", "num_maps", "num_leapfrog", "num_samples"))
+def _jit_inversion_error(rng_key, params, dynamic, target, num_maps, num_leapfrog, num_samples):
+    vg = target.value_and_grad(dynamic)
+    return jax.vmap(lambda k: inversion_error(k, params, vg, num_maps, num_leapfrog))(
+        jax.random.split(rng_key, num_samples))
+
+
+@partial(jax.jit, static_argnames=("target", "flow_length", "num_leapfrog", "num_samples"))
+def _jit_tune(rng_key, params, candidates, dynamic, target, flow_length, num_leapfrog, num_samples):
+    """ELBO (and SE) of each candidate step size, the same draws of z0 for all (paired)."""
+    vg = target.value_and_grad(dynamic)
+
+    def one(s):
+        return elbo(rng_key, params._replace(step_size=s * params.scale), vg, flow_length,
+                    num_leapfrog, num_samples)
+
+    return lax.map(one, candidates)
+
+
+class MixFlowFit(NamedTuple):
+    """What a fitted MixFlow needs: reference, step, and the model handle."""
+
+    params: MixFlowParams
+    flow_length: int
+    num_leapfrog: int
+    target: _StaticTarget
+    dynamic: list
+
+
+class MixFlow(ParticleEngine):
+    """Mixed variational flow (MixFlow) of uncorrected Hamiltonian dynamics.
+
+    Args:
+        model: a NumPyro model with continuous latent sites.
+        flow_length: ``N``, the number of flow maps the MixFlow averages over (authors:
+            100-2000). Sampling and density evaluation each cost up to ``N`` flow maps, one map
+            ``num_leapfrog + 1`` gradient evaluations.
+        step_size: leapfrog step in units of the reference's per-coordinate sd (the vector
+            step is ``step_size * scale``). ``"auto"`` (default): the best ELBO estimate over
+            ``step_size_grid`` (each with ``num_tune_samples`` draws of ``z0``, the same draws for
+            every candidate).
+        num_leapfrog: ``L`` leapfrog steps per flow map (authors: 200 on their banana, 80-100 on
+            the funnel; longer maps mix faster per map, cost more per map).
+        reference: ``"meanfield"`` (default): ``q0``'s Gaussian is a mean-field Gaussian VI fit
+            (reparameterised ELBO gradients, Adam from ``reference_learning_rate`` halving every
+            1000 steps, ``reference_mc_samples`` draws per step, for ``num_steps`` steps of
+            ``run``; the mean starts at ``init_strategy``'s point, the sd at 0.1), as the authors
+            do (they run 50,000-100,000 steps; 2,000-5,000 suffice on their 2-d targets); or ``(loc, scale)``: flat unconstrained arrays (length ``d``) or dicts
+            site -> unconstrained array, the starting point of that fit (``run(key, 0, ...)``
+            keeps it as given).
+        step_size_grid: the candidates of ``"auto"``.
+        num_tune_samples: draws of ``z0`` per candidate step size.
+        num_draws: draws made at the end of the run (``result.get_samples()``), and of the
+            final ELBO estimate.
+        init_strategy: the reference mean's initial value (NumPyro init strategy).
+
+    ``run(rng_key, num_steps, *args, **kwargs)`` fits the reference (``num_steps`` steps; 0 with a
+    given reference), picks the step size and returns an `InferenceResult` whose ``flow``
+    attribute (a `MixFlowResult`) has the three operations: ``sample``, ``log_density`` (on the
+    augmented space) and ``elbo``. ``result.get_samples(num_samples, rng_key)`` draws afresh;
+    ``result.trace`` holds the reference fit's per-step ``elbo``; ``result.stats`` the MixFlow's
+    ELBO, the chosen step size, each candidate's ELBO and the inversion error.
+    The model's args must not change the latent dimension between ``run`` and later use.
+    """
+
+    objective = "elbo"
+    min_particles = 1
+    min_steps = 0
+
+    def __init__(self, model, *, flow_length: int = 100, step_size="auto", num_leapfrog: int = 20,
+                 reference="meanfield", step_size_grid=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
+                 num_tune_samples: int = 32, num_draws: int = 1000,
+                 reference_learning_rate: float = 0.05, reference_mc_samples: int = 8,
+                 init_strategy=init_to_uniform):
+        super().__init__(model, num_particles=1, init_strategy=init_strategy)
+        self.flow_length = positive_int("flow_length", flow_length)
+        self.num_leapfrog = positive_int("num_leapfrog", num_leapfrog)
+        self.step_size = step_size if step_size == "auto" else positive_float("step_size", step_size)
+        grid = tuple(positive_float("step_size_grid", s) for s in np.ravel(step_size_grid))
+        if not grid:
+            raise ValueError("step_size_grid must hold at least one positive step size")
+        self.step_size_grid = grid
+        self.num_tune_samples = positive_int("num_tune_samples", num_tune_samples, 2)
+        self.num_draws = positive_int("num_draws", num_draws, 2)
+        self.reference_mc_samples = positive_int("reference_mc_samples", reference_mc_samples)
+        lr = positive_float("reference_learning_rate", reference_learning_rate)
+        # Adam whose rate halves every 1000 steps (down to 1 %): fast start, then the iterate
+        # settles instead of jittering around the optimum
+        self.optimizer = optax.adam(optax.exponential_decay(lr, 1000, 0.5, end_value=lr / 100))
+        if isinstance(reference, str):
+            if reference != "meanfield":
+                raise ValueError(f"reference must be 'meanfield' or (loc, scale), got {reference!r}")
+        elif not (isinstance(reference, (tuple, list)) and len(reference) == 2):
+            raise TypeError("reference must be 'meanfield' or a (loc, scale) pair")
+        self.reference = reference
+
+    # -------------------------------------------------------------- reference fit as the loop
+    def _reference_arrays(self, bridge: ModelBridge, particles):
+        if isinstance(self.reference, str):
+            return particles, jnp.full(particles.shape, 0.1, particles.dtype)  # AutoNormal's init_scale
+        loc, scale = (bridge.flatten(v) if isinstance(v, dict) else jnp.asarray(v, particles.dtype)
+                      for v in self.reference)
+        if loc.shape != (bridge.dim,) or jnp.shape(scale) not in ((), (bridge.dim,)):
+            raise ValueError(f"reference (loc, scale) must have length {bridge.dim} (the flat "
+                             f"unconstrained dimension), got {loc.shape} and {jnp.shape(scale)}")
+        if not bool(jnp.all(jnp.isfinite(loc)) & jnp.all(scale > 0)):
+            raise ValueError("reference: loc must be finite and scale positive")
+        return loc[None], jnp.broadcast_to(scale, loc.shape)[None]
+
+    def _core_init(self, particles, rng_key, target: Target):
+        loc, scale = self._reference_arrays(target.bridge, particles)
+        return reference_init(loc, scale, self.optimizer, rng_key)
+
+    def _core_step(self, state, score_fn):
+        return reference_step(state, score_fn, self.optimizer, self.reference_mc_samples)
+
+    # -------------------------------------------------------------- the flow on the fit
+    def _result(self, state, info, bridge, args, kwargs, rng_key) -> InferenceResult:
+        target, dynamic = _split(bridge, args, kwargs)
+        loc, scale = state.particles[0], jnp.exp(state.log_scale[0])
+        params = MixFlowParams(loc, scale, scale)
+        k_tune, k_elbo, k_draw, k_inv = jax.random.split(jax.random.fold_in(rng_key, 7), 4)
+        stats = {}
+        if self.step_size == "auto":
+            cands = jnp.asarray(self.step_size_grid, loc.dtype)
+            means, ses = _jit_tune(k_tune, params, cands, dynamic, target, self.flow_length,
+                                   self.num_leapfrog, self.num_tune_samples)
+            means = jnp.where(jnp.isfinite(means), means, -jnp.inf)
+            best = int(jnp.argmax(means))
+            if not bool(jnp.isfinite(means[best])):
+                raise FloatingPointError("MixFlow: every candidate step size gave a non-finite ELBO; "
+                                         "check the model's density or give step_size_grid smaller steps")
+            step = float(cands[best])
+            stats["step_size_grid"] = {float(c): (float(m), float(s)) for c, m, s in zip(cands, means, ses)}
+        else:
+            step = self.step_size
+        params = params._replace(step_size=step * scale)
+        fit = MixFlowFit(params, self.flow_length, self.num_leapfrog, target, dynamic)
+        flow = MixFlowResult(fit)
+        num_elbo = max(2, min(self.num_draws, 256))
+        value, se = flow.elbo(k_elbo, num_elbo)
+        # the reference's ELBO by the same estimator (a flow of length 1 is q0 itself)
+        ref_value, ref_se = _jit_elbo(k_elbo, params, dynamic, target, 1, 1, 4 * num_elbo)
+        stats.update(step_size=step, elbo=float(value), elbo_se=float(se),
+                     reference_elbo=float(ref_value), reference_elbo_se=float(ref_se),
+                     inversion_error=float(jnp.max(flow.inversion_error(k_inv, self.flow_length, 8))))
+        draws = flow.sample(k_draw, self.num_draws)
+        result = InferenceResult(
+            type(self).__name__, bridge, args, kwargs, draws.x, info._asdict(), state=state,
+            objective=self.objective, sampler=lambda key, n: flow.sample(key, n).x,
+            guide=latent_guide(bridge, _mixflow_latent(flow)), params={},
+        )
+        result.flow = flow
+        result.stats = stats
+        result.elbo = flow.elbo_with_default
+        result.log_q = flow.marginal_log_density
+        return result
+
+
+class MixFlowResult:
+    """A fitted MixFlow: the paper's three operations, compiled, vectorised over points."""
+
+    def __init__(self, fit: MixFlowFit):
+        self.fit = fit
+
+    @property
+    def params(self) -> MixFlowParams:
+        return self.fit.params
+
+    def _args(self):
+        f = self.fit
+        return f.params, f.dynamic, f.target
+
+    def sample(self, rng_key, num_samples: int) -> FlowPoint:
+        """``num_samples`` i.i.d. draws (augmented points; ``.x`` is the unconstrained latent)."""
+        params, dynamic, target = self._args()
+        return _jit_sample(rng_key, params, dynamic, target, self.fit.flow_length,
+                           self.fit.num_leapfrog, positive_int("num_samples", num_samples))
+
+    def log_density(self, x, rho, u) -> jax.Array:
+        """log q_N at augmented points: ``x``, ``rho`` (n, d), ``u`` (n,) in [0, 1)."""
+        params, dynamic, target = self._args()
+        x = jnp.atleast_2d(jnp.asarray(x, params.loc.dtype))
+        rho = jnp.atleast_2d(jnp.asarray(rho, params.loc.dtype))
+        u = jnp.mod(jnp.atleast_1d(jnp.asarray(u, params.loc.dtype)), 1.0)
+        return _jit_log_density(x, rho, u, params, dynamic, target, self.fit.flow_length,
+                                self.fit.num_leapfrog)
+
+    def marginal_log_density(self, x, rng_key=None, num_aux: int = 64) -> jax.Array:
+        """log q_N(x) of the latent alone, by importance sampling over (rho, u) ~ m x U[0, 1):
+        ``q_N(x) = E[q_N(x, rho, u) / m(rho)]``. Unbiased for the density (its log is biased
+        low by about half the relative variance); ``num_aux`` draws per point."""
+        params = self.params
+        x = jnp.atleast_2d(jnp.asarray(x, params.loc.dtype))
+        n, d = x.shape
+        key = jax.random.key(0) if rng_key is None else rng_key
+        k_rho, k_u = jax.random.split(key)
+        rho = laplace_icdf(jax.random.uniform(k_rho, (n, num_aux, d), x.dtype, 1e-7, 1 - 1e-7))
+        u = jax.random.uniform(k_u, (n, num_aux), x.dtype)
+        xs = jnp.broadcast_to(x[:, None], (n, num_aux, d))
+        lq = self.log_density(xs.reshape(-1, d), rho.reshape(-1, d), u.reshape(-1))
+        lq = lq.reshape(n, num_aux) - log_laplace(rho)
+        return jax.nn.logsumexp(lq, -1) - jnp.log(num_aux)
+
+    def elbo(self, rng_key, num_samples: int = 256):
+        """Unbiased ELBO estimate on the augmented space and its standard error."""
+        params, dynamic, target = self._args()
+        m, s = _jit_elbo(rng_key, params, dynamic, target, self.fit.flow_length,
+                         self.fit.num_leapfrog, positive_int("num_samples", num_samples, 2))
+        return m, s
+
+    def elbo_with_default(self, rng_key, num_samples: int = 256):
+        return self.elbo(rng_key, num_samples)
+
+    def inversion_error(self, rng_key, num_maps: int | None = None, num_samples: int = 8) -> jax.Array:
+        """Per draw z ~ q0: max |z - T^{-n} T^n z| with ``n = num_maps`` (default ``N``)."""
+        params, dynamic, target = self._args()
+        n = self.fit.flow_length if num_maps is None else positive_int("num_maps", num_maps)
+        return _jit_inversion_error(rng_key, params, dynamic, target, n, self.fit.num_leapfrog,
+                                    positive_int("num_samples", num_samples))
+
+
+def _mixflow_latent(flow: MixFlowResult):
+    """The guide's latent: a distribution whose draws come from the MixFlow's sampler."""
+
+    class _MixFlowLatent(dist.Distribution):
+        support = dist.constraints.real_vector
+
+        def __init__(self, dim):
+            super().__init__(batch_shape=(), event_shape=(dim,))
+
+        def sample(self, key, sample_shape=()):
+            n = int(np.prod(sample_shape)) if sample_shape else 1
+            # the flow evaluates the model's density: keep those sites from the guide's trace
+            with numpyro.handlers.block():
+                x = flow.sample(key, n).x
+            return x.reshape(tuple(sample_shape) + self.event_shape)
+
+        def log_prob(self, value):
+            raise NotImplementedError("the MixFlow's latent density is on the augmented space; "
+                                      "use result.flow.log_density or result.log_q")
+
+    return _MixFlowLatent
+
+
+# ---------------------------------------------------------------------------- MCMC kernel
+class MixFlowKernelState(NamedTuple):
+    x: jax.Array
+    rho: jax.Array
+    u: jax.Array
+    log_p: jax.Array
+    grad: jax.Array
+    rng_key: jax.Array
+
+
+class MixFlowKernel(MCMCKernel):
+    """The flow map as an MCMC kernel: ``init`` draws ``z0 ~ q0``, each ``sample`` applies ``T``.
+
+    ``MCMC(MixFlowKernel(model, ...), num_warmup=W, num_samples=S, num_chains=4)`` gives
+    trajectories ``T^n z0`` (uncorrected: the chain targets the MixFlow's ergodic average, not
+    exactly the posterior). The reference and step size come from a `MixFlow` fit run once per
+    model input shapes in ``init`` (``reference_steps`` steps, key ``reference_key``), or from
+    ``fit=`` (a result of ``MixFlow.run``).
+    """
+
+    sample_field = "x"
+
+    def __init__(self, model=None, *, fit: InferenceResult | None = None, reference_steps: int = 2000,
+                 reference_key=None, **mixflow_kwargs):
+        if model is None and fit is None:
+            raise ValueError("MixFlowKernel needs a model or fit= (a MixFlow.run result)")
+        if fit is not None and not hasattr(fit, "flow"):
+            raise TypeError("fit must be the result of MixFlow.run")
+        self._model = model if model is not None else fit.bridge.model
+        self._fit = fit
+        self.reference_steps = positive_int("reference_steps", reference_steps, 0)
+        self.reference_key = jax.random.key(0) if reference_key is None else reference_key
+        self._engine = MixFlow(self._model, **mixflow_kwargs)
+        self._step = None
+
+    @property
+    def model(self):
+        return self._model
+
+    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
+        if self._fit is None:
+            self._fit = self._engine.run(self.reference_key, self.reference_steps, *model_args,
+                                         progress_bar=False, **model_kwargs)
+        f = self._fit.flow.fit
+        vg = f.target.value_and_grad(f.dynamic)
+
+        def one(key, z=None):
+            k_init, k_next = jax.random.split(key)
+            p = sample_reference(k_init, f.params, vg)
+            if z is not None:  # a given starting position, fresh momentum and auxiliary
+                p = _point(z, p.rho, p.u, vg)
+            return MixFlowKernelState(*p, k_next)
+
+        z = None if init_params is None else self._fit.bridge.flatten_batch(init_params) \
+            if self._batched(rng_key) else self._fit.bridge.flatten(init_params)
+        if self._batched(rng_key):
+            return jax.vmap(one)(rng_key, z) if z is not None else jax.vmap(one)(rng_key)
+        return one(rng_key, z)
+
+    @staticmethod
+    def _batched(rng_key) -> bool:
+        return not (is_prng_key(rng_key) or jnp.ndim(rng_key) == 0)
+
+    def sample(self, state, model_args, model_kwargs):
+        f = self._fit.flow.fit
+        vg = f.target.value_and_grad(f.dynamic)
+        step = lambda q: flow_map(q, f.params, vg, f.num_leapfrog)[0]  # noqa: E731
+        point = FlowPoint(*state[:5])
+        # vectorized chains may reach here batched (one row per chain)
+        p = jax.vmap(step)(point) if state.x.ndim > 1 else step(point)
+        return MixFlowKernelState(*p, state.rng_key)
+
+    def postprocess_fn(self, model_args, model_kwargs):
+        bridge = self._fit.bridge
+        return lambda x: bridge.constrain(x, model_args, model_kwargs)
+
+    def get_diagnostics_str(self, state):
+        return ""
