@@ -517,6 +517,16 @@ class SVNG(ParticleEngine):
 
     Cost per step: n gradients plus n Hessians (``d`` Hessian-vector products each) for
     ``metric="hessian"``, a d x d Cholesky, an n x n eigen-decomposition, O(n^2 d J).
+
+    With a constant metric and every eigenpair kept (``eigen_threshold=1``) the direction is
+    exactly ``G^{-1}`` times the SVGD direction (tests/test_svng.py checks this), so SVNG has
+    SVGD's fixed points and only the speed changes: the step is no longer limited by the
+    posterior's largest curvature. ``benchmarks/svng_conditioning.py`` measures it on a
+    logistic regression with posterior condition number ~166: at each method's best step size
+    from a small grid, SVNG (step 4) brings the particle mean within 0.2 posterior sd in a
+    median 40 steps, SVGD (plain step 0.05) in 340, SVGD-AdaGrad (0.01) in 430. An SVNG step
+    costs ``n (1 + d)`` gradient-equivalents, so in gradient evaluations the two are close
+    (14,000 vs 17,000); see benchmarks/SVNG_CONDITIONING.md.
     """
 
     objective = "stein_sq_norm"
