@@ -75,7 +75,15 @@ def merge_static_args(dynamic, static, treedef):
 
 
 def _trace_model(model, rng_key, args, kwargs):
-    return handlers.trace(handlers.seed(model, rng_key)).get_trace(*args, **kwargs)
+    try:
+        return handlers.trace(handlers.seed(model, rng_key)).get_trace(*args, **kwargs)
+    except NotImplementedError:
+        # a site that cannot be sampled (dist.ImproperUniform, as used with numpyro.factor):
+        # give latent sites NumPyro's uniform initial values instead, as initialize_model does
+        from numpyro.infer.initialization import init_to_uniform
+
+        seeded = handlers.substitute(handlers.seed(model, rng_key), substitute_fn=init_to_uniform)
+        return handlers.trace(seeded).get_trace(*args, **kwargs)
 
 
 class ModelBridge:

@@ -85,3 +85,16 @@ def test_subsampled_plate_is_unbiased():
     assert jnp.std(mb) > 1.0  # really subsampled
     se = jnp.std(mb) / jnp.sqrt(len(keys))
     assert abs(jnp.mean(mb) - full) < 4 * se
+
+
+def test_improper_uniform_site_with_factor():
+    # dist.ImproperUniform cannot be sampled: the bridge traces with NumPyro's init values
+    from numpyro.distributions import constraints
+
+    def model():
+        x = numpyro.sample("x", dist.ImproperUniform(constraints.real_vector, (), (2,)))
+        numpyro.factor("lp", -0.5 * jnp.sum((x - 1.0) ** 2))
+
+    bridge = ModelBridge.from_model(model)
+    assert bridge.dim == 2
+    np.testing.assert_allclose(bridge.value_and_grad(jnp.zeros(2))[1], [1.0, 1.0], rtol=1e-6)
