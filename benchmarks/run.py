@@ -167,6 +167,8 @@ class GflowEngine(Engine):
 
             # particle engines: one score evaluation per particle per step; others: engine-specific
             grads = res.num_samples * steps * self.grads_per_particle_step if particles else None
+            if grads is None:  # an engine that counts its own (MixFlow)
+                grads = getattr(res, "stats", {}).get("grad_evals")
             if self.grads_per_particle_step > 1:
                 note.append(f"{self.grads_per_particle_step} grad evals per particle step")
             if grads is None:

@@ -314,6 +314,7 @@ class _StaticTarget(NamedTuple):
 
 def _split(bridge, args, kwargs):
     dynamic, static, treedef, _ = split_static_args(args, kwargs)
+    static = tuple(static)
     try:
         hash(static)
     except TypeError:
@@ -447,7 +448,9 @@ class MixFlow(ParticleEngine):
     attribute (a `MixFlowResult`) has the three operations: ``sample``, ``log_density`` (on the
     augmented space) and ``elbo``. ``result.get_samples(num_samples, rng_key)`` draws afresh;
     ``result.trace`` holds the reference fit's per-step ``elbo``; ``result.stats`` the MixFlow's
-    ELBO, the chosen step size, each candidate's ELBO and the inversion error.
+    ELBO (augmented space, with its standard error) next to the reference's, the chosen step
+    size, each candidate's tuning number, the inversion error ``max |z - T^-N T^N z|`` over 8
+    draws, and ``grad_evals`` (model gradients the run used).
     The model's args must not change the latent dimension between ``run`` and later use.
     """
 
@@ -549,6 +552,7 @@ class MixFlow(ParticleEngine):
                      reference_elbo=float(ref_value), reference_elbo_se=float(ref_se),
                      inversion_error=float(jnp.max(flow.inversion_error(k_inv, self.flow_length, 8))))
         draws = flow.sample(k_draw, self.num_draws)
+        stats["grad_evals"] = self._grad_evals(len(info.elbo), num_elbo)
         result = InferenceResult(
             type(self).__name__, bridge, args, kwargs, draws.x, info._asdict(), state=state,
             objective=self.objective, sampler=lambda key, n: flow.sample(key, n).x,
@@ -559,6 +563,21 @@ class MixFlow(ParticleEngine):
         result.elbo = flow.elbo_with_default
         result.log_q = flow.marginal_log_density
         return result
+
+
+    def _grad_evals(self, num_steps: int, num_elbo: int) -> int:
+        """Model-gradient evaluations of one ``run`` (a leapfrog step is one; maps reuse the
+        last gradient): reference fit, step-size tuning, ELBO estimates, inversion check, and
+        the draws (on average ``(N - 1) / 2`` maps each)."""
+        N, L = self.flow_length, self.num_leapfrog
+        trajectory = (2 * N - 1) * L + 1
+        total = num_steps * self.reference_mc_samples
+        if self.step_size == "auto":
+            per = trajectory if self.step_size_rule == "elbo" else L + 1
+            total += len(self.step_size_grid) * self.num_tune_samples * per
+        total += num_elbo * trajectory + 4 * num_elbo * (L + 1) + 8 * (2 * N * L + 1)
+        total += self.num_draws * ((N - 1) * L // 2 + 1)
+        return int(total)
 
 
 class MixFlowResult:
