@@ -34,7 +34,8 @@ class CoinSVGD(svgd_core.SVGD):
     Args:
         model: a NumPyro model with continuous latent sites.
         num_particles: particles for `run` (``MCMC`` takes ``num_chains``).
-        kernel: RBF with the median heuristic (default, as in the paper) or IMQ.
+        kernel: RBF with the median heuristic (default, as in the paper) or IMQ; its
+            ``block_size`` sets dense or memory-blocked kernel sums, as for `SVGD`.
         alpha: the betting rule's ``alpha`` (0, the paper's default; they use 100 for BNNs).
         init_strategy: NumPyro init strategy per particle.
 
