@@ -44,6 +44,9 @@ class IsoMixState(NamedTuple):
     variances: jax.Array     # (N,) isotropic variances eps_i
     step_size: jax.Array     # h (in the state: set from the data at init, never baked in)
     rng_key: jax.Array
+    scale: jax.Array | None = None       # (d, d) A of the optional preconditioner z = A u
+    inv_scale: jax.Array | None = None   # A^{-1}
+    log_det_scale: jax.Array | None = None
 
 
 class IsoMixInfo(NamedTuple):
@@ -71,20 +74,47 @@ def mixture_score(x, means, variances):
     return -jnp.sum(r[..., None] * (x[..., None, :] - means) / variances[:, None], -2)
 
 
-def sample_mixture(rng_key, means, variances, num_samples):
+def sample_mixture(rng_key, means, variances, num_samples, scale=None):
+    """Draws of q; with ``scale`` A, component i is N(m_i, eps_i A A^T)."""
     k_comp, k_noise = jax.random.split(rng_key)
     comp = jax.random.randint(k_comp, (num_samples,), 0, means.shape[0])
     noise = jax.random.normal(k_noise, (num_samples, means.shape[1]), means.dtype)
+    if scale is not None:
+        noise = noise @ scale.T
     return means[comp] + jnp.sqrt(variances[comp])[:, None] * noise
 
 
-def init(means, variances, step_size, rng_key) -> IsoMixState:
+def init(means, variances, step_size, rng_key, scale=None) -> IsoMixState:
+    """``means`` in NumPyro's unconstrained space; with ``scale`` (a (d, d) matrix A), the flow
+    runs on the isotropic family in the coordinates u = A^{-1} z (``variances`` are those of u)."""
     variances = jnp.broadcast_to(jnp.asarray(variances, means.dtype), means.shape[:1])
-    return IsoMixState(means, variances, jnp.asarray(step_size, means.dtype), rng_key)
+    if scale is None:
+        return IsoMixState(means, variances, jnp.asarray(step_size, means.dtype), rng_key)
+    scale = jnp.asarray(scale, means.dtype)
+    log_det = jnp.linalg.slogdet(scale)[1]
+    return IsoMixState(means, variances, jnp.asarray(step_size, means.dtype), rng_key,
+                       scale, jnp.linalg.inv(scale), log_det)
 
 
 def step(state: IsoMixState, score_fn, num_mc_samples: int,
          variance_update: str) -> tuple[IsoMixState, IsoMixInfo]:
+    """One step of the paper's flow; with a preconditioner, the same step on the target pushed
+    to u = A^{-1} z (log density log pi(A u) + log|det A|, score A^T grad log pi(A u))."""
+    if state.scale is None:
+        return _step(state, score_fn, num_mc_samples, variance_update)
+    A = state.scale
+
+    def score_u(u, key):
+        log_pi, grad = score_fn(u @ A.T, key)
+        return log_pi + state.log_det_scale, grad @ A
+
+    u_state = state._replace(particles=state.particles @ state.inv_scale.T)
+    new, info = _step(u_state, score_u, num_mc_samples, variance_update)
+    return new._replace(particles=new.particles @ A.T), info
+
+
+def _step(state: IsoMixState, score_fn, num_mc_samples: int,
+          variance_update: str) -> tuple[IsoMixState, IsoMixInfo]:
     step_size = state.step_size
     rng_key, noise_key, batch_key = jax.random.split(state.rng_key, 3)
     m, eps = state.particles, state.variances
@@ -106,7 +136,7 @@ def step(state: IsoMixState, score_fn, num_mc_samples: int,
         new_eps = eps * jnp.exp(-ratio)
     elbo = jnp.mean(log_pi - mixture_log_density(x, m, eps))
     info = IsoMixInfo(elbo, jnp.mean(eps), jnp.sum(clipped))
-    return IsoMixState(m - step_size * g, new_eps, state.step_size, rng_key), info
+    return state._replace(particles=m - step_size * g, variances=new_eps, rng_key=rng_key), info
 
 
 class IsoGaussianMixtureVI(ParticleEngine):
@@ -132,6 +162,16 @@ class IsoGaussianMixtureVI(ParticleEngine):
         init_strategy: per-component NumPyro init strategy for the means (default
             ``init_to_uniform``: U(-2, 2) in the unconstrained space; the paper draws means
             from U(-5, 5)^d, i.e. ``init_to_uniform(radius=5)``).
+        preconditioner: ``None`` (default: the paper's algorithm in NumPyro's unconstrained
+            coordinates z). Otherwise a fixed linear map z = A u, and the paper's algorithm runs
+            unchanged on the target pushed to u; the fitted family is then a uniform mixture
+            of N(m_i, eps_i A A^T) in z, i.e. isotropic in u, not in z. This is an extension
+            (the paper's family is isotropic in whatever coordinates it is given), costing
+            O(d^2) memory and O(N B d^2) per step. ``"laplace"``: A = H^{-1/2} with H the
+            Hessian of -log pi (d Hessian-vector products, eigenvalues floored at 1e-6 of the
+            largest in absolute value) at the highest of the climbed initial means; a (d,)
+            vector: A = diag(vector); a (d, d) matrix: A itself (e.g. a Cholesky factor of a
+            covariance estimate).
 
     ``run(rng_key, num_steps, *args, **kwargs)`` returns an `InferenceResult` with a guide
     (``Predictive(model, guide=result.guide, params=result.params, num_samples=...)``),
@@ -145,7 +185,7 @@ class IsoGaussianMixtureVI(ParticleEngine):
 
     def __init__(self, model, *, num_components: int = 10, variance_update: str = "ibw",
                  step_size="auto", num_mc_samples: int = 10, initial_variance="laplace",
-                 map_steps: int = 200, init_strategy=init_to_uniform):
+                 map_steps: int = 200, init_strategy=init_to_uniform, preconditioner=None):
         super().__init__(model, num_particles=positive_int("num_components", num_components, 1),
                          init_strategy=init_strategy)
         if variance_update not in ("ibw", "md"):
@@ -156,6 +196,15 @@ class IsoGaussianMixtureVI(ParticleEngine):
         self.initial_variance = (initial_variance if initial_variance == "laplace"
                                  else positive_float("initial_variance", initial_variance))
         self.map_steps = positive_int("map_steps", map_steps, 0)
+        if isinstance(preconditioner, str):
+            if preconditioner != "laplace":
+                raise ValueError(f"preconditioner must be None, 'laplace' or an array, got {preconditioner!r}")
+        elif preconditioner is not None:
+            preconditioner = jnp.asarray(preconditioner)
+            if preconditioner.ndim not in (1, 2) or not bool(jnp.all(jnp.isfinite(preconditioner))):
+                raise ValueError("preconditioner must be None, 'laplace', a (d,) vector or a "
+                                 "(d, d) matrix of finite values")
+        self.preconditioner = preconditioner
 
     @property
     def num_components(self):
@@ -166,8 +215,14 @@ class IsoGaussianMixtureVI(ParticleEngine):
         log_p = lambda z: target.bridge.log_density(z, args, kwargs)  # noqa: E731
         if self.map_steps:
             particles = _climb(log_p, particles, self.map_steps)
+        scale = self._scale(log_p, particles)
+        if scale is not None:
+            # curvatures (for the initial variances and the auto step) of the target in u
+            log_p_z = log_p
+            log_p = lambda u: log_p_z(scale @ u)  # noqa: E731
         if self.initial_variance == "laplace" or self.step_size == "auto":
-            trace, top = _curvature(log_p, particles, rng_key)
+            u = particles if scale is None else particles @ jnp.linalg.inv(scale).T
+            trace, top = _curvature(log_p, u, rng_key)
         d = particles.shape[1]
         if self.initial_variance == "laplace":
             # the best isotropic Gaussian for a Gaussian target of precision H has variance d / tr H
@@ -181,24 +236,53 @@ class IsoGaussianMixtureVI(ParticleEngine):
             h = 0.5 / jnp.maximum(jnp.max(top), 1e-6)
         else:
             h = self.step_size
-        return init(particles, variances, h, rng_key)
+        return init(particles, variances, h, rng_key, scale)
+
+    def _scale(self, log_p, particles):
+        """The preconditioner's matrix A (None without one)."""
+        p = self.preconditioner
+        d = particles.shape[1]
+        if p is None:
+            return None
+        if not isinstance(p, str):
+            p = jnp.asarray(p, particles.dtype)
+            if p.shape not in ((d,), (d, d)):
+                raise ValueError(f"preconditioner has shape {p.shape}, expected ({d},) or ({d}, {d})")
+            return jnp.diag(p) if p.ndim == 1 else p
+        center = particles[jnp.argmax(jax.vmap(log_p)(particles))]
+        hess = hessian(log_p, center)
+        lam, vec = jnp.linalg.eigh(0.5 * (hess + hess.T))
+        lam = jnp.maximum(jnp.abs(lam), 1e-6 * jnp.max(jnp.abs(lam)) + 1e-30)
+        return (vec * lam ** -0.5) @ vec.T
 
     def _core_step(self, state, score_fn):
         return step(state, score_fn, self.num_mc_samples, self.variance_update)
 
     def _result(self, state, info, bridge, args, kwargs, rng_key) -> InferenceResult:
-        means, variances = state.particles, state.variances
+        means, variances, scale = state.particles, state.variances, state.scale
         params = {"isomix_means": means, "isomix_variances": variances}
+        if scale is None:
+            log_q = lambda z: mixture_log_density(z, means, variances)  # noqa: E731
+            latent = _isomix_latent
+        else:
+            # component covariance eps_i A A^T: its Cholesky factor for the guide
+            params["isomix_scale_tril"] = jnp.linalg.cholesky(scale @ scale.T)
+            inv, log_det = state.inv_scale, state.log_det_scale
+            u_means = means @ inv.T
+
+            def log_q(z):
+                return mixture_log_density(z @ inv.T, u_means, variances) - log_det
+
+            latent = _isomix_latent_scaled
 
         def sampler(key, num_samples):
-            return sample_mixture(key, means, variances, num_samples)
+            return sample_mixture(key, means, variances, num_samples, scale)
 
         draws = sampler(jax.random.fold_in(rng_key, 1), 1000)
         return InferenceResult(
             type(self).__name__, bridge, args, kwargs, draws, info._asdict(), state=state,
-            objective=self.objective, sampler=sampler,
-            log_q=lambda z: mixture_log_density(z, means, variances),
-            guide=latent_guide(bridge, _isomix_latent), params=params,
+            objective=self.objective, sampler=sampler, log_q=log_q,
+            guide=latent_guide(bridge, latent), params=params,
         )
 
 
@@ -216,6 +300,12 @@ def _climb(log_p, z, num_steps, learning_rate=0.05):
 
     (z, _), _ = jax.lax.scan(body, (z, opt.init(z)), None, length=num_steps)
     return z
+
+
+def hessian(log_p, x):
+    """Dense Hessian of -log p at x from d Hessian-vector products (forward over reverse)."""
+    hvp = lambda v: jax.jvp(jax.grad(lambda y: -log_p(y)), (x,), (v,))[1]  # noqa: E731
+    return jax.vmap(hvp)(jnp.eye(x.shape[0], dtype=x.dtype))
 
 
 def _curvature(log_p, z, rng_key, iterations: int = 30):
@@ -263,3 +353,12 @@ def _isomix_latent(dim):
     return dist.MixtureSameFamily(
         dist.Categorical(logits=jnp.zeros(means.shape[0])),
         dist.Normal(means, jnp.sqrt(variances)[:, None]).to_event(1))
+
+
+def _isomix_latent_scaled(dim):
+    means = numpyro.param("isomix_means", jnp.zeros((1, dim)))
+    variances = numpyro.param("isomix_variances", jnp.ones(1))
+    scale_tril = numpyro.param("isomix_scale_tril", jnp.eye(dim))
+    return dist.MixtureSameFamily(
+        dist.Categorical(logits=jnp.zeros(means.shape[0])),
+        dist.MultivariateNormal(means, scale_tril=jnp.sqrt(variances)[:, None, None] * scale_tril))

@@ -64,6 +64,30 @@ So:
   literal criterion is kept below as a strict xfail; the passing test guards the measured
   behaviour (worst parameter < 0.3 sd, median < 0.1 sd).
 
+Why 0.1 sd is not met, and what does meet it (measured with isomix.step on this posterior,
+N = 10, B = 10 unless noted; errors of the component-mean centroid, iterate-averaged over the
+second half of 3000 steps to separate the fixed point from Monte Carlo jitter):
+
+* Not convergence: the error is 0.19 after 250 steps and settles at 0.25-0.29 from step 750 on
+  (auto step h = 0.0056); tripling h gives 0.24-0.35 and a worse ELBO (-0.6 nats).
+* Not Monte Carlo noise: B = 100 gives 0.254 averaged (B = 10: 0.260).
+* Not initialisation: the MAP itself is 0.33 sd off (skewed posterior); the flow moves the
+  means away from it to its own fixed point.
+* Not the step's anisotropy: a diagonal (Laplace-diagonal) rescaling gives 0.26 as well.
+* It is the family: isotropic (or axis-aligned) components in these coordinates. Running the
+  paper's algorithm unchanged in whitened coordinates z = A u, A = H^{-1/2} from the Laplace
+  Hessian at the MAP (``preconditioner="laplace"``; components N(m_i, eps_i A A^T) in z, so no
+  longer isotropic in z: a documented extension, not the paper's family) gives an averaged
+  worst error 0.10-0.11 (N = 1, 10), 0.095 (N = 50), median 0.016; whitening by the fitted
+  mixture's own covariance (a second run) 0.08-0.09 (N = 20-50); by the NUTS covariance
+  (oracle) 0.05. The final iterate jitters by +-0.04 around these with the auto step (h = 0.5
+  in u), so single runs land at 0.05-0.16 depending on the seed (seeds 0, 1, 2: 0.049, 0.157,
+  0.060). 0.1 sd is thus at the edge of what the preconditioned family reaches, and out of
+  reach of the unpreconditioned one; the literal criterion stays a strict xfail on the
+  unpreconditioned fit and a non-strict xfail on the preconditioned one. The ELBO criterion is
+  met by a wide margin with the preconditioner at the defaults (N = 10): -57.0 vs AutoNormal
+  -69.0 (AutoMVN -57.5).
+
 Runtime (2 shared cores, compilation included), measured with the machine loaded (load average
 ~7): the default tests 52 s (27 s CPU time; about 30 s on an idle machine): the mixture run
 ~12-32 s, AutoNormal's 532k SVI steps ~11-20 s; the slow xfail on the defaults 31 s more (19 s
@@ -149,7 +173,9 @@ def nuts_reference(data):
 def isomix_grad_evals(engine, num_steps, d):
     curvature_hvps = d + 30 + 1     # isomix._curvature: d basis HVPs (d <= 200), 30 power steps + 1
     n = engine.num_components
-    return num_steps * n * engine.num_mc_samples + engine.map_steps * n + 2 * curvature_hvps * n
+    laplace_hvps = d if isinstance(engine.preconditioner, str) else 0   # the dense Hessian
+    return (num_steps * n * engine.num_mc_samples + engine.map_steps * n
+            + 2 * curvature_hvps * n + 2 * laplace_hvps)
 
 
 def fit(engine, num_steps, data):
@@ -213,7 +239,8 @@ def test_isomix_means_close_to_nuts_measured_bias(main_fit, nuts_reference):
 
 @pytest.mark.xfail(strict=True, reason="measured: worst parameter 0.23-0.26 NUTS sd off for "
                    "N = 5..100 components (AutoNormal: 0.21-0.27); reverse-KL bias of isotropic "
-                   "components on this correlated posterior")
+                   "components on this correlated posterior; the fixed point, not slow "
+                   "convergence or MC noise (see the module docstring)")
 def test_isomix_means_within_0_1_nuts_sd(main_fit, nuts_reference):
     # the criterion, literally
     err = mean_errors(main_fit[0], nuts_reference)
@@ -228,3 +255,30 @@ def test_isomix_defaults_elbo_at_least_autonormal(data):
     engine = gf.IsoGaussianMixtureVI(logistic_model)
     _, (ours, ours_se), (auto, auto_se) = fit(engine, DEFAULT_STEPS, data)
     assert ours - auto >= -Z * float(np.hypot(ours_se, auto_se)), (ours, auto)
+
+
+@pytest.mark.xfail(strict=False, reason="borderline: with the Laplace preconditioner the worst "
+                   "parameter is 0.05-0.16 NUTS sd at the final iterate depending on the seed "
+                   "(iterate-averaged fixed point ~0.10-0.11 for N = 10)")
+def test_laplace_preconditioned_means_within_0_1_nuts_sd(laplace_fit, nuts_reference):
+    err = mean_errors(laplace_fit[0], nuts_reference)
+    assert np.all(err < 0.1), err
+
+
+@pytest.fixture(scope="module")
+def laplace_fit(data):
+    engine = gf.IsoGaussianMixtureVI(logistic_model, preconditioner="laplace")
+    return fit(engine, DEFAULT_STEPS, data)
+
+
+def test_laplace_preconditioned_defaults_beat_autonormal_and_cut_the_mean_bias(laplace_fit,
+                                                                                nuts_reference):
+    # N = 10, B = 10 (defaults) with preconditioner="laplace", 1000 steps (~103k gradients).
+    # measured (seed 0): ELBO -57.0 (AutoMVN at 20k steps: -57.5) vs AutoNormal -69.0 at the same
+    # budget; worst mean error 0.05 NUTS sd (seeds 1, 2: 0.16, 0.06), median 0.02.
+    res, (ours, ours_se), (auto, auto_se) = laplace_fit
+    assert ours - auto >= 5.0, (ours, auto)
+    err = mean_errors(res, nuts_reference)
+    print(f"laplace: |mean - NUTS mean| / NUTS sd: max {err.max():.3f}, median {np.median(err):.3f}")
+    assert err.max() < 0.2, err
+    assert np.median(err) < 0.05, err
