@@ -48,8 +48,10 @@ __all__ = [
     "AUTO_BLOCK_SIZE",
 ]
 
-#: ``block_size="auto"`` stays dense up to this many particles (n x n float32 = 64 MiB here).
-AUTO_DENSE_MAX = 4096
+#: ``block_size="auto"`` stays dense up to this many particles: there the dense step's XLA
+#: temporaries are about 1 GiB (measured 384 MiB at n = 5000, growing as n^2; benchmarks/
+#: SCALE_MEMORY.md) and the dense exact median is cheaper than the blocked one's 33 passes.
+AUTO_DENSE_MAX = 8192
 #: ``block_size="auto"`` uses row blocks of this size above `AUTO_DENSE_MAX`.
 AUTO_BLOCK_SIZE = 512
 

@@ -70,7 +70,7 @@ class SVGD(ParticleEngine):
         optimizer: any optax ``GradientTransformation`` (it receives ``-phi``).
         kernel: `RBFKernel` (median heuristic, default) or
             `IMQKernel`. Its ``block_size`` picks the memory layout of the kernel sums:
-            ``"auto"`` (default) is dense up to 4096 particles and row blocks of 512 above
+            ``"auto"`` (default) is dense up to 8192 particles and row blocks of 512 above
             (peak memory linear in n, same numbers to float tolerance); ``None`` forces dense,
             an int sets the block, e.g. ``kernel=RBFKernel(block_size=1024)``.
         init_strategy: NumPyro init strategy, applied per particle with its own key (default
