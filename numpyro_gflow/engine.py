@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
@@ -147,7 +148,7 @@ class ParticleEngine(MCMCKernel):
 
     # ------------------------------------------------------------------ engine API
     def run(self, rng_key, num_steps: int, *args, progress_bar: bool = True, init_params=None,
-            init_state=None, **kwargs) -> InferenceResult:
+            init_state=None, devices="auto", **kwargs) -> InferenceResult:
         """Run ``num_steps`` steps on ``model(*args, **kwargs)``.
 
         Args:
@@ -156,6 +157,19 @@ class ParticleEngine(MCMCKernel):
             progress_bar: show a tqdm bar (updated from inside the compiled loop).
             init_params: optional dict of unconstrained initial values, leading dim = particles.
             init_state: continue from ``result.state`` of an earlier run on the same inputs.
+            devices: where the particles live. ``"auto"`` (default): split them across all
+                visible devices (``jax.devices()``) when there are several and they divide
+                the particle count evenly, else one device; ``None``: one device; a list of
+                devices: split across those (the particle count must divide evenly). The
+                split is a ``NamedSharding`` over a 1-d mesh axis ``"particles"``: every state
+                array whose leading axis is the particle axis is sharded along it, the rest
+                replicated, and XLA partitions the compiled loop (the all-pairs kernel sums
+                gather the particles). Same results as one device up to float reordering of
+                the sums, as amplified by the dynamics (measured on 4 CPU devices: SVGD
+                particles within 2e-5 after 300 converging steps; a run whose particles keep
+                oscillating amplifies any 1e-7 change, reordering included, to O(0.1)).
+                Multi-host: call ``jax.distributed.initialize()`` first and pass
+                ``jax.devices()`` (all hosts' devices); the same code runs.
         """
         num_steps = positive_int("num_steps", num_steps, self.min_steps)
         if not is_prng_key(rng_key):
@@ -168,6 +182,7 @@ class ParticleEngine(MCMCKernel):
             z = self._initial_particles(compiled, dynamic, keys, init_params)
             z = self._from_unconstrained(z, compiled.bridge)
             init_state = self._core_init(z, self._state_key(keys), Target(compiled.bridge, args, kwargs))
+        init_state = self._place(init_state, devices)
         bar = progress.ProgressBar(num_steps, type(self).__name__, enabled=progress_bar)
         with bar as bar_id:
             state, info = compiled.run(init_state, dynamic, bar_id, num_steps=num_steps,
@@ -178,6 +193,38 @@ class ParticleEngine(MCMCKernel):
                 bar.finish()
         self._check_finite_result(state.particles)
         return self._result(state, info, compiled.bridge, args, kwargs, rng_key)
+
+    def _place(self, state, devices):
+        """Shard the state's particle-axis arrays over ``devices`` (see ``run``)."""
+        n = state.particles.shape[0]
+        if isinstance(devices, str):
+            if devices != "auto":
+                raise ValueError(f"devices must be 'auto', None or a list of devices, got {devices!r}")
+            devices = jax.devices()
+            if len(devices) < 2 or n % len(devices):
+                return state
+        elif devices is None:
+            return state
+        devices = list(devices)
+        if not devices:
+            raise ValueError("devices is empty")
+        if len(devices) == 1:
+            return jax.device_put(state, devices[0])
+        if n % len(devices):
+            raise ValueError(f"num_particles={n} must be a multiple of the number of devices "
+                             f"({len(devices)}) to split the particles across them")
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = Mesh(np.asarray(devices), ("particles",))
+        split, same = NamedSharding(mesh, PartitionSpec("particles")), NamedSharding(mesh, PartitionSpec())
+
+        def put(x):
+            if not isinstance(x, jax.Array):
+                return x
+            along = jnp.ndim(x) >= 1 and x.shape[0] == n
+            return jax.device_put(x, split if along else same)
+
+        return jax.tree.map(put, state)
 
     def _result(self, state, info, bridge, args, kwargs, rng_key) -> InferenceResult:
         """The particles as the result; engines that fit a density override this."""
