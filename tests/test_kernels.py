@@ -116,3 +116,46 @@ def test_kernel_block_size_reaches_svgd_step():
     phi_k, _ = svgd_direction(RBFKernel(block_size=16), x, score)
     phi_d, _ = svgd_direction(RBFKernel(block_size=None), x, score)
     np.testing.assert_allclose(phi_k, phi_d, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(phi_d))))
+
+
+# ------------------------------------------------------------------ random Fourier features (issue 9)
+@pytest.mark.parametrize("bw", ["median", 4.0])
+def test_random_feature_direction_error_scales_as_inverse_sqrt_m(bw):
+    # relative error against the exact direction ~ C / sqrt(M); C ~ 5.5 measured here (n = 200,
+    # d = 5, 8 seeds, max 6.4); bound 8 / sqrt(M) for every seed at M = 256 and 4096, and the
+    # mean error must fall by about sqrt(16) = 4 between them
+    n, d = 200, 5
+    x = jax.random.normal(jax.random.key(3), (n, d)) * 1.5 + 0.5
+    score = -x + 0.3
+    exact, h = svgd_direction(RBFKernel(bw, block_size=None), x, score)
+    mean_err = {}
+    for m in (256, 4096):
+        errs = []
+        for seed in range(3):
+            phi, h_rff = svgd_direction(RBFKernel(bw, num_features=m, feature_seed=seed), x, score)
+            assert float(h_rff) == pytest.approx(float(h), rel=1e-6)   # n <= RFF_MEDIAN_SAMPLE: exact
+            errs.append(float(jnp.linalg.norm(phi - exact) / jnp.linalg.norm(exact)))
+        assert max(errs) <= 8.0 / np.sqrt(m), (m, errs)
+        mean_err[m] = np.mean(errs)
+    assert 2.5 <= mean_err[256] / mean_err[4096] <= 6.0, mean_err
+
+
+def test_random_features_fixed_by_seed_or_redrawn_by_key():
+    x, score = _random_particles(300, 4, seed=1)
+    k = RBFKernel(num_features=128)
+    a, _ = jax.jit(lambda x, s: svgd_direction(k, x, s))(x, score)
+    b, _ = svgd_direction(k, x, score, block_size=7)          # block_size unused on this path
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    c, _ = svgd_direction(k, x, score, rng_key=jax.random.key(11))
+    assert float(jnp.max(jnp.abs(a - c))) > 1e-3
+    assert float(jnp.max(jnp.abs(svgd_direction(RBFKernel(num_features=128, feature_seed=1), x, score)[0]
+                                 - a))) > 1e-3
+    # the features estimate the Gram matrix: phi(x) . phi(y) -> exp(-|x - y|^2 / h)
+    from numpyro_gflow.kernels import random_features
+    feat, w, _ = random_features(RBFKernel(num_features=20000), x[:20], 3.0)
+    assert w.shape == (20000, 4)
+    K = jnp.exp(-pairwise_sq_dists(x[:20]) / 3.0)
+    assert float(jnp.max(jnp.abs(feat @ feat.T - K))) < 0.05
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="num_features"):
+            RBFKernel(num_features=bad)
