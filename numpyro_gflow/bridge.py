@@ -16,6 +16,7 @@ estimate is unbiased. Without a key the full data are used.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Callable, NamedTuple
 
@@ -86,6 +87,41 @@ def _trace_model(model, rng_key, args, kwargs):
         return handlers.trace(seeded).get_trace(*args, **kwargs)
 
 
+#: what JAX raises when the model turns a traced input array into a Python value (``float(y)``,
+#: ``if y.sum() > 0:``, ``int(n)``, ``np.asarray(y)``): the model runs fine on concrete arrays
+#: but not under the engines' ``jit``
+_TRACER_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.TracerArrayConversionError,
+)
+
+
+@contextlib.contextmanager
+def _model_under_jit():
+    """Turn JAX's tracer-conversion errors from the model into a ``ValueError`` that says why."""
+    try:
+        yield
+    except _TRACER_ERRORS as e:
+        raise ValueError(
+            "the model converts one of its array inputs to a Python value (float(), int(), bool "
+            "in an if/while, or a NumPy call) while numpyro-gflow traces it under jax.jit with "
+            "its array arguments abstract. Pass such inputs as Python scalars (they stay static), "
+            "or use jnp.where / lax.cond instead of Python control flow on data. JAX said: "
+            f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from e
+
+
+def _sites_before_failure(model, rng_key, args, kwargs) -> list[str]:
+    """Names of the sites a failing model records before it fails (where to look)."""
+    tracer = handlers.trace(handlers.seed(model, rng_key))
+    try:
+        tracer.get_trace(*args, **kwargs)
+    except Exception:
+        pass
+    return list(getattr(tracer, "trace", {}) or {})
+
+
 class ModelBridge:
     """A NumPyro model with fixed inputs, seen as a log density on R^d.
 
@@ -117,7 +153,13 @@ class ModelBridge:
         try:
             tr = _trace_model(model, rng_key, args, kwargs)
         except Exception as e:  # the model itself failed: say so with the model's own error
-            raise ValueError(f"running the model to trace its sites failed: {e!r}") from e
+            before = _sites_before_failure(model, rng_key, args, kwargs)
+            where = (f" after site {before[-1]!r} (sites traced before the failure: {before})"
+                     if before else " before its first site")
+            raise ValueError(
+                f"running the model to trace its sites failed{where}: {e!r}. Check the model's "
+                "arguments (number, shapes) and its distributions' parameters."
+            ) from e
         latent, observed, deterministic, plates = {}, [], [], []
         for name, site in tr.items():
             if site["type"] == "sample":
@@ -199,7 +241,8 @@ class ModelBridge:
         """Unnormalised log posterior at flat unconstrained ``z`` (Jacobian included)."""
         kwargs = {} if kwargs is None else kwargs
         model = self._model_with_plates(rng_key)
-        return -potential_energy(model, args, kwargs, self.unflatten(z))
+        with _model_under_jit():
+            return -potential_energy(model, args, kwargs, self.unflatten(z))
 
     def value_and_grad(self, z, args=(), kwargs=None, rng_key=None):
         return jax.value_and_grad(self.log_density)(z, args, kwargs, rng_key)
@@ -261,7 +304,49 @@ class ModelBridge:
             )
             return self.flatten(params), ok
 
-        return jax.vmap(one)(rng_keys)
+        with _model_under_jit():
+            return jax.vmap(one)(rng_keys)
+
+    def input_dependent_supports(self, args=(), kwargs=None) -> tuple[str, ...]:
+        """Latent sites whose support depends on the model's array inputs or on other latent sites.
+
+        E.g. ``Uniform(0, jnp.max(y))`` or ``Uniform(a, a + 1)`` with ``a`` latent. Found by
+        tracing the model with its rng key and array inputs abstract and following which
+        support parameters (bounds) depend on them. NumPyro's own transforms follow such
+        supports at every evaluation; `supports` (fixed when the bridge was built) does not,
+        so engines that key on `supports` (the mirror maps) refuse these sites. Returns ``()``
+        if the model cannot be traced this way (the engines' own run reports that).
+        """
+        kwargs = {} if kwargs is None else kwargs
+        dynamic, static, treedef, _ = split_static_args(args, kwargs)
+        owners: list[str] = []
+
+        def bounds(key, dyn):
+            a, kw = merge_static_args(dyn, static, treedef)
+            tr = _trace_model(self._model_with_plates(None), key, a, kw)
+            out = []
+            owners.clear()
+            for name in self.site_names:
+                support = tr[name]["fn"].support
+                while hasattr(support, "base_constraint"):  # constraints.independent
+                    support = support.base_constraint
+                for leaf in jax.tree.leaves(list(vars(support).values())):
+                    if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+                        owners.append(name)
+                        out.append(leaf)
+            return out
+
+        try:
+            jaxpr = jax.make_jaxpr(bounds)(jax.random.key(0), dynamic).jaxpr
+        except Exception:  # the model does not trace abstractly: nothing to say here
+            return ()
+        dependent = set(jaxpr.invars)
+        for eqn in jaxpr.eqns:
+            if any(type(v).__name__ != "Literal" and v in dependent for v in eqn.invars):
+                dependent.update(eqn.outvars)
+        found = [name for name, v in zip(owners, jaxpr.outvars)
+                 if type(v).__name__ != "Literal" and v in dependent]
+        return tuple(dict.fromkeys(found))
 
     def check_finite(self, z, args=(), kwargs=None):
         """Raise ``ValueError`` naming the sites whose value or log density is not finite at ``z``.

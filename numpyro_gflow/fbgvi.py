@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.infer.initialization import init_to_uniform
 
-from numpyro_gflow._validate import positive_float, positive_int
+from numpyro_gflow._validate import positive_float_or, positive_int
 from numpyro_gflow.engine import ParticleEngine, Target
 from numpyro_gflow.result import InferenceResult, latent_guide
 
@@ -143,7 +143,7 @@ class FBGVI(ParticleEngine):
                  num_mc_samples: int | None = None, hessian: str = "exact", map_steps: int = 200,
                  init_strategy=init_to_uniform):
         super().__init__(model, num_particles=1, init_strategy=init_strategy)
-        self.step_size = step_size if step_size == "auto" else positive_float("step_size", step_size)
+        self.step_size = positive_float_or("step_size", step_size, ("auto",))
         if hessian not in ("exact", "stein"):
             raise ValueError(f"hessian must be 'exact' or 'stein', got {hessian!r}")
         if not isinstance(stochastic, bool):

@@ -31,7 +31,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.infer.initialization import init_to_uniform
 
-from numpyro_gflow._validate import positive_float, positive_int
+from numpyro_gflow._validate import positive_float_or, positive_int
 from numpyro_gflow.engine import ParticleEngine, Target
 from numpyro_gflow.result import InferenceResult, latent_guide
 
@@ -191,10 +191,9 @@ class IsoGaussianMixtureVI(ParticleEngine):
         if variance_update not in ("ibw", "md"):
             raise ValueError(f"variance_update must be 'ibw' or 'md', got {variance_update!r}")
         self.variance_update = variance_update
-        self.step_size = step_size if step_size == "auto" else positive_float("step_size", step_size)
+        self.step_size = positive_float_or("step_size", step_size, ("auto",))
         self.num_mc_samples = positive_int("num_mc_samples", num_mc_samples)
-        self.initial_variance = (initial_variance if initial_variance == "laplace"
-                                 else positive_float("initial_variance", initial_variance))
+        self.initial_variance = positive_float_or("initial_variance", initial_variance, ("laplace",))
         self.map_steps = positive_int("map_steps", map_steps, 0)
         if isinstance(preconditioner, str):
             if preconditioner != "laplace":

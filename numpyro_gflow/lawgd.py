@@ -119,9 +119,14 @@ def build_basis(log_density, low, high, grid_size: int, num_eigen: int) -> tuple
         H = H + term
     k = min(num_eigen + 1, H.shape[0] - 2)
     shift = float(min(v_s.min(), 0.0) - 1.0)  # below the spectrum: shift-invert finds the bottom
-    eigenvalues, vectors = eigsh(H.tocsc(), k=k, sigma=shift, which="LM")
+    # a fixed start vector (ARPACK's default is random) and a fixed sign per eigenvector
+    # (largest entry positive): the same box gives the same basis, bit for bit, on every run
+    eigenvalues, vectors = eigsh(H.tocsc(), k=k, sigma=shift, which="LM",
+                                 v0=np.full(H.shape[0], H.shape[0] ** -0.5))
     order = np.argsort(eigenvalues)
     eigenvalues, vectors = eigenvalues[order], vectors[:, order]
+    top = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])]
+    vectors = vectors * np.where(top < 0, -1.0, 1.0)
 
     # psi_k(x_g) = u_k[g] / sqrt(cell volume); pi normalised on the grid; phi_k = psi_k / sqrt(pi)
     cell = float(np.prod(spacing))
@@ -232,8 +237,10 @@ class CoinLAWGD(ParticleEngine):
                 " Use CoinSVGD instead.")
         if self.bounds is not None:
             low, high = (np.asarray(b, np.float64).reshape(-1) for b in self.bounds)
-            if low.shape != (d,) or high.shape != low.shape or np.any(high <= low):
-                raise ValueError(f"bounds must be (low, high), each of shape ({d},), with high > low")
+            if (low.shape != (d,) or high.shape != low.shape or not np.all(np.isfinite(low))
+                    or not np.all(np.isfinite(high)) or np.any(high <= low)):
+                raise ValueError(f"bounds must be (low, high), each of shape ({d},) with finite "
+                                 f"entries and high > low, got {self.bounds!r}")
         else:
             particles = self._pilot(particles, target)
             pilot = np.asarray(particles, np.float64)

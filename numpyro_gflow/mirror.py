@@ -34,6 +34,7 @@ import optax
 from numpyro.distributions import biject_to, constraints
 from numpyro.infer.initialization import init_to_uniform
 
+from numpyro_gflow._validate import positive_float, unit_fraction
 from numpyro_gflow.bridge import ModelBridge
 from numpyro_gflow.diagnostics import ksd
 from numpyro_gflow.engine import ParticleEngine, Target
@@ -293,6 +294,20 @@ class _MirroredEngine(ParticleEngine):
     def _mirror(self, bridge) -> MirroredTarget:
         return MirroredTarget(bridge, self.fallback)
 
+    def _check_fixed_supports(self, target: Target):
+        """The mirror maps are fixed from the first trace: refuse supports that move."""
+        moving = target.bridge.input_dependent_supports(target.model_args, target.model_kwargs)
+        if moving:
+            name = moving[0]
+            raise ValueError(
+                f"site {name!r} has support {target.bridge.supports[name]} whose bounds depend on "
+                f"the model's inputs or on other latent sites (all such sites: {list(moving)}). "
+                f"{type(self).__name__} fixes each site's mirror map when the model is first "
+                "traced, so it needs supports with fixed bounds. Use SVGD or CoinSVGD (NumPyro's "
+                "transforms follow such supports), or reparameterise, e.g. u ~ Uniform(0, 1) "
+                "and b = low + (high - low) * u as a deterministic site."
+            )
+
     def _make_score_fn(self, bridge, args, kwargs):
         return self._mirror(bridge).eval_fn(args, kwargs)
 
@@ -337,6 +352,7 @@ class MSVGD(_MirroredEngine):
             raise TypeError(f"kernel must be an RBFKernel or IMQKernel, got {type(self.kernel).__name__}")
 
     def _core_init(self, particles, rng_key, target: Target):
+        self._check_fixed_supports(target)
         self._slices = tuple(self._mirror(target.bridge).slices[k] for k in target.bridge.site_names)
         return init(particles, self.optimizer, rng_key)
 
@@ -457,9 +473,7 @@ class SVMD(MSVGD):
         super().__init__(model, num_particles=num_particles, step_size=step_size,
                          optimizer=optimizer, kernel=IMQKernel(bandwidth="median") if kernel is None else kernel,
                          fallback=fallback, init_strategy=init_strategy)
-        if not 0 < eigen_threshold <= 1:
-            raise ValueError(f"eigen_threshold must lie in (0, 1], got {eigen_threshold!r}")
-        self.eigen_threshold = float(eigen_threshold)
+        self.eigen_threshold = unit_fraction("eigen_threshold", eigen_threshold)
 
     def _core_step(self, state, score_fn):
         return svmd_step(state, score_fn, self._slices, self.kernel, self.optimizer, self.eigen_threshold)
@@ -551,10 +565,10 @@ class SVNG(ParticleEngine):
                 raise ValueError(f"metric must be a square (d, d) array, got shape {metric.shape}")
             if not bool(jnp.all(jnp.linalg.eigvalsh(0.5 * (metric + metric.T)) > 0)):
                 raise ValueError("metric must be symmetric positive definite")
-        if not 0 < decay <= 1:
-            raise ValueError(f"decay must lie in (0, 1], got {decay!r}")
-        self.metric, self.decay, self.jitter = metric, float(decay), float(jitter)
-        self.eigen_threshold = float(eigen_threshold)
+        self.metric = metric
+        self.decay = unit_fraction("decay", decay)
+        self.jitter = positive_float("jitter", jitter)
+        self.eigen_threshold = unit_fraction("eigen_threshold", eigen_threshold)
 
     def _make_score_fn(self, bridge, args, kwargs):
         # built from the same (traced) model inputs as the score, so a cached program never

@@ -51,7 +51,7 @@ from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
-from numpyro_gflow._validate import positive_float, positive_int
+from numpyro_gflow._validate import positive_float, positive_float_or, positive_int
 from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_args
 from numpyro_gflow.engine import ParticleEngine, Target
 from numpyro_gflow.result import InferenceResult, latent_guide
@@ -467,7 +467,7 @@ class MixFlow(ParticleEngine):
         super().__init__(model, num_particles=1, init_strategy=init_strategy)
         self.flow_length = positive_int("flow_length", flow_length)
         self.num_leapfrog = positive_int("num_leapfrog", num_leapfrog)
-        self.step_size = step_size if step_size == "auto" else positive_float("step_size", step_size)
+        self.step_size = positive_float_or("step_size", step_size, ("auto",))
         grid = tuple(positive_float("step_size_grid", s) for s in np.ravel(step_size_grid))
         if not grid:
             raise ValueError("step_size_grid must hold at least one positive step size")
@@ -697,6 +697,9 @@ class MixFlowKernel(MCMCKernel):
         self._model = model if model is not None else fit.bridge.model
         self._fit = fit
         self.reference_steps = positive_int("reference_steps", reference_steps, 0)
+        if reference_key is not None and not is_prng_key(reference_key):
+            raise TypeError("reference_key must be None or a JAX PRNG key, e.g. jax.random.key(0), "
+                            f"got {type(reference_key).__name__}")
         self.reference_key = jax.random.key(0) if reference_key is None else reference_key
         self._engine = MixFlow(self._model, **mixflow_kwargs)
         self._step = None

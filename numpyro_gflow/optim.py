@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from numpyro_gflow._validate import positive_float
+from numpyro_gflow._validate import nonnegative_float, positive_float
 
 __all__ = ["svgd_adagrad", "coin_betting", "as_optimizer"]
 
@@ -58,7 +58,7 @@ def as_optimizer(step_size, optimizer, default=svgd_adagrad) -> optax.GradientTr
         return optimizer
     if step_size is None:
         raise ValueError("step_size is required (or pass an optax optimizer=)")
-    return default(step_size)
+    return default(positive_float("step_size", step_size))
 
 
 class CoinBettingState(NamedTuple):
@@ -86,9 +86,7 @@ def coin_betting(alpha: float = 0.0, initial_max: float = 1e-10) -> optax.Gradie
     non-finite restarts from its ``x_0`` with fresh betting state, so one blown-up particle
     does not poison the others or stay stuck at NaN.
     """
-    alpha = float(alpha)
-    if not (alpha >= 0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    alpha = nonnegative_float("alpha", alpha)
     initial_max = positive_float("initial_max", initial_max)
 
     def init_fn(params):
