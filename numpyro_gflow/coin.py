@@ -44,6 +44,10 @@ class CoinSVGD(svgd_core.SVGD):
     particles that become non-finite restart from their initial point.
     """
 
+    # coin betting restarts particles whose values turn non-finite (the paper's guard), so a
+    # step whose objective is NaN is recoverable: only a non-finite state stops the run
+    tolerates_non_finite_objective = True
+
     def __init__(self, model, *, num_particles: int | None = 100, kernel: Kernel | None = None,
                  alpha: float = 0.0, init_strategy=init_to_uniform):
         super().__init__(model, num_particles=num_particles, optimizer=coin_betting(alpha),
@@ -102,6 +106,10 @@ class CoinKSDD(KSDD):
         alpha: the betting rule's ``alpha`` (0 by default).
         init_strategy: NumPyro init strategy per particle.
     """
+
+    # coin betting restarts particles whose values turn non-finite (the paper's guard), so a
+    # step whose objective is NaN is recoverable: only a non-finite state stops the run
+    tolerates_non_finite_objective = True
 
     def __init__(self, model, *, num_particles: int | None = 100, kernel: Kernel | None = None,
                  alpha: float = 0.0, init_strategy=init_to_uniform):

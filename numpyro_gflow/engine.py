@@ -33,7 +33,25 @@ from numpyro_gflow._validate import positive_int
 from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_args
 from numpyro_gflow.result import InferenceResult
 
-__all__ = ["ParticleEngine", "Target"]
+__all__ = ["ParticleEngine", "Target", "NonFiniteError"]
+
+#: the loop runs in about this many compiled chunks (between them: Ctrl-C, early stop)
+CHUNKS = 10
+
+
+class NonFiniteError(FloatingPointError):
+    """A run produced a non-finite state or objective; ``.result`` holds the run up to the last
+    finite step (its ``status`` names the step)."""
+
+    def __init__(self, message, result):
+        super().__init__(message)
+        self.result = result
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree)
+              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.asarray(True)
 
 
 class Target(NamedTuple):
@@ -61,6 +79,9 @@ class ParticleEngine(MCMCKernel):
 
     #: fewest steps ``run`` accepts (0 where the result is useful without any step)
     min_steps: int = 1
+
+    #: whether a non-finite objective alone (state still finite) is recoverable, not a failure
+    tolerates_non_finite_objective: bool = False
 
     def __init__(self, model, *, num_particles: int | None = 100, init_strategy=init_to_uniform):
         if not callable(model):
@@ -110,16 +131,31 @@ class ParticleEngine(MCMCKernel):
             a, kw = model_inputs(dyn)
             return bridge.init_particles(keys, a, kw, self.init_strategy)
 
-        def run_fn(state, dyn, bar_id, num_steps, every):
+        def run_fn(carry, dyn, bar_id, start, total, num_steps, every):
+            # one chunk of ``num_steps`` steps from global step ``start``; steps at or past
+            # ``total`` are skipped (so every chunk has one length: one compilation). The carry
+            # holds the last state whose floats were all finite and the 1-based step at which
+            # the engine first produced a non-finite state or objective (0: none): after that
+            # step nothing moves (no host sync needed to stop)
             a, kw = model_inputs(dyn)
             score_fn = self._make_score_fn(bridge, a, kw)
 
-            def body(state, i):
-                state, info = self._core_step(state, score_fn)
-                progress.tick(bar_id, i + 1, getattr(info, self.objective), every)
-                return state, info
+            def body(carry, i):
+                state, failed_at = carry
+                step = (start + i + 1).astype(jnp.int32)
+                new, info = self._core_step(state, score_fn)
+                ok = _all_finite(new)
+                if self.objective and not self.tolerates_non_finite_objective:
+                    ok = ok & jnp.all(jnp.isfinite(getattr(info, self.objective)))
+                active = step <= total
+                failed_at = jnp.where(active & (failed_at == 0) & ~ok, step, failed_at)
+                keep = active & (failed_at == 0)
+                state = lax.cond(keep, lambda: new, lambda: state)
+                progress.tick(bar_id, step, getattr(info, self.objective) if self.objective else 0.0,
+                              every)
+                return (state, failed_at), info
 
-            return lax.scan(body, state, jnp.arange(num_steps))
+            return lax.scan(body, carry, jnp.arange(num_steps, dtype=jnp.int32))
 
         compiled = _Compiled(bridge, jax.jit(init_fn),
                              jax.jit(run_fn, static_argnames=("num_steps", "every")),
@@ -148,7 +184,7 @@ class ParticleEngine(MCMCKernel):
 
     # ------------------------------------------------------------------ engine API
     def run(self, rng_key, num_steps: int, *args, progress_bar: bool = True, init_params=None,
-            init_state=None, devices="auto", **kwargs) -> InferenceResult:
+            init_state=None, devices="auto", nan_policy: str = "raise", **kwargs) -> InferenceResult:
         """Run ``num_steps`` steps on ``model(*args, **kwargs)``.
 
         Args:
@@ -170,6 +206,17 @@ class ParticleEngine(MCMCKernel):
                 oscillating amplifies any 1e-7 change, reordering included, to O(0.1)).
                 Multi-host: call ``jax.distributed.initialize()`` first and pass
                 ``jax.devices()`` (all hosts' devices); the same code runs.
+            nan_policy: what a step that makes the state or the objective non-finite does.
+                The loop notices it inside the compiled code and freezes at the last finite
+                state (no per-step host sync); then ``"raise"`` (default) raises
+                `NonFiniteError` naming the step, with the partial result as its ``.result``;
+                ``"stop"`` returns that partial result, ``result.status`` naming the step.
+
+        The loop runs in about 10 compiled chunks of equal length (one compilation): Ctrl-C
+        (KeyboardInterrupt) during a run returns the result at the end of the last finished
+        chunk, with ``result.status`` saying so. Continue with ``init_state=result.state``:
+        ``k`` steps then ``m`` more equal ``k + m`` steps bit for bit. ``result.status`` is
+        ``"ok"`` for a complete run.
         """
         num_steps = positive_int("num_steps", num_steps, self.min_steps)
         if not is_prng_key(rng_key):
@@ -183,16 +230,64 @@ class ParticleEngine(MCMCKernel):
             z = self._from_unconstrained(z, compiled.bridge)
             init_state = self._core_init(z, self._state_key(keys), Target(compiled.bridge, args, kwargs))
         init_state = self._place(init_state, devices)
+        if nan_policy not in ("raise", "stop"):
+            raise ValueError(f"nan_policy must be 'raise' or 'stop', got {nan_policy!r}")
+        state, info, done, failed_at, interrupted = self._run_chunks(
+            compiled, dynamic, init_state, num_steps, progress_bar)
+        steps_kept = done if failed_at == 0 else failed_at - 1
+        info = jax.tree.map(lambda x: x[:steps_kept], info)
+        try:
+            result = self._result(state, info, compiled.bridge, args, kwargs, rng_key)
+        except Exception:  # noqa: BLE001
+            if not failed_at:
+                raise
+            # the last finite state of a diverging run may be too extreme for the engine's own
+            # result (a covariance whose Cholesky overflows): keep its particles
+            result = ParticleEngine._result(self, state, info, compiled.bridge, args, kwargs, rng_key)
+        result.num_steps = steps_kept
+        if failed_at:
+            result.status = (f"stopped: non-finite state or objective at step {failed_at} of "
+                             f"{num_steps}; the state and trace are those after step {failed_at - 1}")
+            if nan_policy == "raise":
+                raise NonFiniteError(f"{type(self).__name__}: {result.status} (lower the step size, "
+                                     "or run(..., nan_policy='stop') to get the partial result)",
+                                     result)
+        elif interrupted:
+            result.status = f"interrupted after step {done} of {num_steps}"
+        return result
+
+    def _run_chunks(self, compiled, dynamic, state, num_steps, progress_bar):
+        """The compiled loop in about ``CHUNKS`` equal chunks: between chunks a KeyboardInterrupt
+        is honoured (returning the state reached) and a non-finite run stops early."""
+        chunk = -(-num_steps // CHUNKS)
+        every = progress.every_for(num_steps)
+        infos, done, failed_at, interrupted = [], 0, 0, False
+        carry = (state, jnp.asarray(0, jnp.int32))
         bar = progress.ProgressBar(num_steps, type(self).__name__, enabled=progress_bar)
         with bar as bar_id:
-            state, info = compiled.run(init_state, dynamic, bar_id, num_steps=num_steps,
-                                       every=progress.every_for(num_steps))
+            try:
+                while done < num_steps and failed_at == 0:
+                    new_carry, info = compiled.run(carry, dynamic, bar_id, jnp.asarray(done, jnp.int32),
+                                                   jnp.asarray(num_steps, jnp.int32),
+                                                   num_steps=chunk, every=every)
+                    failed = int(new_carry[1])        # waits for the chunk: one sync per chunk
+                    carry, infos, done, failed_at = (new_carry, infos + [info],
+                                                     min(done + chunk, num_steps), failed)
+            except KeyboardInterrupt:
+                interrupted = True
             if progress_bar:
-                jax.block_until_ready(state)
                 jax.effects_barrier()
                 bar.finish()
-        self._check_finite_result(state.particles)
-        return self._result(state, info, compiled.bridge, args, kwargs, rng_key)
+        if infos:
+            info = jax.tree.map(lambda *xs: jnp.concatenate(xs)[:done], *infos)
+        else:  # interrupted before the first chunk finished, or num_steps == 0
+            info = self._empty_info(compiled, dynamic, carry)
+        return carry[0], info, done, failed_at, interrupted
+
+    def _empty_info(self, compiled, dynamic, carry):
+        shapes = jax.eval_shape(lambda c, d: compiled.run(c, d, jnp.int32(0), jnp.int32(0), jnp.int32(1),
+                                                          num_steps=1, every=1)[1], carry, dynamic)
+        return jax.tree.map(lambda sd: jnp.zeros((0,) + sd.shape[1:], sd.dtype), shapes)
 
     def _place(self, state, devices):
         """Shard the state's particle-axis arrays over ``devices`` (see ``run``)."""
@@ -233,14 +328,6 @@ class ParticleEngine(MCMCKernel):
             self._to_unconstrained(state.particles, bridge),
             info._asdict(), state=state, objective=self.objective,
         )
-
-    def _check_finite_result(self, particles):
-        bad = ~jnp.all(jnp.isfinite(particles), axis=-1)
-        if bool(jnp.any(bad)):
-            raise FloatingPointError(
-                f"{type(self).__name__}: {int(jnp.sum(bad))} of {particles.shape[0]} particles "
-                "became non-finite; lower the step size or use an adaptive optimizer."
-            )
 
     # ------------------------------------------------------------------ MCMCKernel API
     @property

@@ -203,6 +203,10 @@ class CoinLAWGD(ParticleEngine):
     step and no gradient evaluations at all during the run. Raises ``ValueError`` above d = 3.
     """
 
+    # coin betting restarts particles whose values turn non-finite (the paper's guard), so a
+    # step whose objective is NaN is recoverable: only a non-finite state stops the run
+    tolerates_non_finite_objective = True
+
     objective = "direction_sq_norm"
 
     def __init__(self, model, *, num_particles: int | None = 100, bounds=None,

@@ -363,6 +363,10 @@ class MSVGD(_MirroredEngine):
 class CoinMSVGD(MSVGD):
     """Mirrored SVGD driven by coin betting: no step size (Sharrock, Mackey & Nemeth 2023)."""
 
+    # coin betting restarts particles whose values turn non-finite (the paper's guard), so a
+    # step whose objective is NaN is recoverable: only a non-finite state stops the run
+    tolerates_non_finite_objective = True
+
     def __init__(self, model, *, num_particles: int | None = 50, kernel: Kernel | None = None,
                  alpha: float = 0.0, fallback: str | None = None, init_strategy=init_to_uniform):
         super().__init__(model, num_particles=num_particles, optimizer=coin_betting(alpha),

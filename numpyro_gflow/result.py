@@ -67,6 +67,10 @@ class InferenceResult:
         self._sampler = sampler
         self._log_q = log_q
         self._samples = None
+        #: "ok", or why the run ended early (non-finite step, interruption): see engine ``run``
+        self.status = "ok"
+        #: steps the trace covers
+        self.num_steps = len(next(iter(self.trace.values()), []))
 
     @property
     def num_samples(self) -> int:

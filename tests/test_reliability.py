@@ -1,0 +1,148 @@
+"""Checkpoint and resume, non-finite runs that stop at the right step, Ctrl-C mid-run."""
+
+import os
+import signal
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.distributions import constraints
+
+import numpyro_gflow as gf
+
+
+def gaussian2():
+    numpyro.sample("x", dist.Normal(jnp.array([0.5, -1.0]), jnp.array([1.0, 2.0])).to_event(1))
+
+
+def simplex3():
+    numpyro.sample("p", dist.Dirichlet(jnp.array([2.0, 3.0, 4.0])))
+
+
+def one_d():
+    numpyro.sample("x", dist.Normal(0.3, 0.8))
+
+
+ENGINES = {
+    "SVGD": lambda: (gf.SVGD(gaussian2, num_particles=8), gaussian2),
+    "CoinSVGD": lambda: (gf.CoinSVGD(gaussian2, num_particles=8), gaussian2),
+    "KSDD": lambda: (gf.KSDD(gaussian2, num_particles=8, step_size=0.1), gaussian2),
+    "CoinKSDD": lambda: (gf.CoinKSDD(gaussian2, num_particles=8), gaussian2),
+    "CoinLAWGD": lambda: (gf.CoinLAWGD(one_d, num_particles=8, grid_size=64, num_eigen=10), one_d),
+    "MSVGD": lambda: (gf.MSVGD(simplex3, num_particles=8), simplex3),
+    "CoinMSVGD": lambda: (gf.CoinMSVGD(simplex3, num_particles=8), simplex3),
+    "SVMD": lambda: (gf.SVMD(simplex3, num_particles=8), simplex3),
+    "SVNG": lambda: (gf.SVNG(gaussian2, num_particles=8), gaussian2),
+    "IsoGaussianMixtureVI": lambda: (gf.IsoGaussianMixtureVI(gaussian2, num_components=3, map_steps=5), gaussian2),
+    "FBGVI": lambda: (gf.FBGVI(gaussian2, map_steps=5), gaussian2),
+    "FBGVI-stochastic": lambda: (gf.FBGVI(gaussian2, stochastic=True, map_steps=5), gaussian2),
+    "MixFlow": lambda: (gf.MixFlow(gaussian2, flow_length=5, num_leapfrog=2, step_size=0.1,
+                                   num_draws=4), gaussian2),
+}
+
+
+def _assert_same_tree(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_save_load_resume_is_bit_for_bit(name, tmp_path):
+    # k steps, save to disk, load, m more steps == k + m steps in one run, bit for bit
+    engine, _ = ENGINES[name]()
+    key = jax.random.key(0)
+    whole = engine.run(key, 17, progress_bar=False)
+    first = engine.run(key, 7, progress_bar=False)
+    path = gf.save_state(tmp_path / "state", first.state)
+    resumed = engine.run(key, 10, progress_bar=False, init_state=gf.load_state(path))
+    _assert_same_tree(whole.state, resumed.state)
+    for k, v in whole.trace.items():
+        np.testing.assert_array_equal(np.concatenate([first.trace[k], resumed.trace[k]]), v)
+    assert whole.status == resumed.status == "ok" and whole.num_steps == 17
+
+
+def cliff():
+    # log density log(4 - x) + 3 x on x < 4 (mode 11/3), NaN beyond x = 4: a too-large step
+    # that jumps the cliff makes the density, its gradient and the particles NaN. (Written via
+    # sqrt: autodiff of a plain log(4 - x) gives a finite gradient -1/(4 - x) past the cliff.)
+    x = numpyro.sample("x", dist.ImproperUniform(constraints.real, (), ()))
+    numpyro.factor("lp", 2.0 * jnp.log(jnp.sqrt(4.0 - x)) + 3.0 * x - 0.5 * x**2 / 100)
+
+
+CLIFF_ENGINES = {
+    "SVGD": lambda: gf.SVGD(cliff, num_particles=4, step_size=3.0, init_strategy=_init_at(-3.0)),
+    "KSDD": lambda: gf.KSDD(cliff, num_particles=4, step_size=30.0, init_strategy=_init_at(-3.0)),
+    "MSVGD": lambda: gf.MSVGD(cliff, num_particles=4, step_size=3.0, init_strategy=_init_at(-3.0)),
+    "SVNG": lambda: gf.SVNG(cliff, num_particles=4, step_size=5.0, metric=jnp.eye(1),
+                            init_strategy=_init_at(-3.0)),
+    "IsoGaussianMixtureVI": lambda: gf.IsoGaussianMixtureVI(cliff, num_components=2, step_size=2.0,
+                                                            map_steps=0, initial_variance=0.01,
+                                                            init_strategy=_init_at(-3.0)),
+    "FBGVI": lambda: gf.FBGVI(cliff, step_size=2.0, map_steps=0, init_strategy=_init_at(-3.0)),
+    "MixFlow": lambda: gf.MixFlow(cliff, flow_length=5, num_leapfrog=2, step_size=0.1,
+                                  reference_learning_rate=1.0, init_strategy=_init_at(-3.0)),
+}
+
+
+def _init_at(value):
+    from numpyro.infer.initialization import init_to_value
+
+    return init_to_value(values={"x": value})
+
+
+@pytest.mark.parametrize("name", list(CLIFF_ENGINES))
+def test_non_finite_run_stops_at_the_right_step(name):
+    engine = CLIFF_ENGINES[name]()
+    key = jax.random.key(0)
+    stopped = engine.run(key, 200, progress_bar=False, nan_policy="stop")
+    assert stopped.status.startswith("stopped: non-finite"), stopped.status
+    bad = int(stopped.status.split("at step ")[1].split()[0])
+    assert 1 <= bad <= 200 and stopped.num_steps == bad - 1
+    assert all(len(v) == bad - 1 for v in stopped.trace.values())
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(stopped.state)
+               if jnp.issubdtype(x.dtype, jnp.inexact))
+    if bad > 1:  # the state kept is exactly that after step bad - 1, which was finite
+        before = engine.run(key, bad - 1, progress_bar=False)
+        assert before.status == "ok"
+        _assert_same_tree(before.state, stopped.state)
+    with pytest.raises(gf.NonFiniteError, match=f"at step {bad} of 200") as err:
+        engine.run(key, 200, progress_bar=False)
+    assert err.value.result.num_steps == bad - 1
+
+
+def test_coin_engine_recovers_instead_of_stopping():
+    # coin betting restarts particles that turn non-finite (the paper's guard): the run goes on
+    res = gf.CoinSVGD(cliff, num_particles=4, init_strategy=_init_at(-3.0)).run(
+        jax.random.key(0), 300, progress_bar=False)
+    assert res.status == "ok" and bool(jnp.all(jnp.isfinite(res.state.particles)))
+
+
+def test_bad_nan_policy_names_itself():
+    with pytest.raises(ValueError, match="nan_policy"):
+        gf.SVGD(gaussian2, num_particles=4).run(jax.random.key(0), 5, progress_bar=False,
+                                                nan_policy="ignore")
+
+
+def test_keyboard_interrupt_returns_the_state_reached():
+    engine = gf.SVGD(gaussian2, num_particles=32)
+    total = 100_000   # ~3.5 s on one busy core, in 10 chunks
+    engine.run(jax.random.key(0), total, progress_bar=False)  # compile it first
+    timer = threading.Timer(0.8, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        res = engine.run(jax.random.key(0), total, progress_bar=False)
+    finally:
+        timer.cancel()
+    assert res.status.startswith("interrupted after step"), res.status
+    assert res.num_steps < total and res.num_steps % (total // 10) == 0
+    if res.num_steps:
+        again = engine.run(jax.random.key(0), res.num_steps, progress_bar=False)
+        _assert_same_tree(again.state, res.state)
