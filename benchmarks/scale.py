@@ -103,21 +103,6 @@ def _data(rows: int):
     return X, y
 
 
-class _Clock:
-    EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-              "/jax/core/compile/jaxpr_to_mlir_module_duration",
-              "/jax/core/compile/backend_compile_duration")
-
-    def __init__(self):
-        from jax import monitoring
-        self.seconds = 0.0
-        monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event, duration, **kw):
-        if event in self.EVENTS:
-            self.seconds += duration
-
-
 def _builder(engine: str, n: int, X, y, subsample):
     """A function key -> fitted arrays (blocked until ready), for ``steps`` steps."""
     import jax
@@ -205,7 +190,9 @@ def worker(spec: dict) -> dict:
     if spec["kind"] == "rff":
         return rff_worker(spec)
     import jax
-    clock = _Clock()
+    from benchmarks.run import CompileClock
+
+    clock = CompileClock()
     X, y = _data(spec["rows"])
     X, y = jax.numpy.asarray(X), jax.numpy.asarray(y)
     out = dict(spec, rss_base_mib=_rss_mib())

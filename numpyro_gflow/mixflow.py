@@ -121,11 +121,14 @@ def _leapfrog(p: FlowPoint, eps, value_and_grad, direction: float) -> FlowPoint:
     return FlowPoint(x, rho + 0.5 * h * grad, p.u, log_p, grad)
 
 
+def _leapfrogs(p: FlowPoint, eps, value_and_grad, num_leapfrog: int, direction: float) -> FlowPoint:
+    return lax.fori_loop(0, num_leapfrog, lambda _, q: _leapfrog(q, eps, value_and_grad, direction), p)
+
+
 def flow_map(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
              num_leapfrog: int) -> tuple[FlowPoint, jax.Array]:
     """``T(p)`` and ``log |J_T(p)|``."""
-    p = lax.fori_loop(0, num_leapfrog,
-                      lambda _, q: _leapfrog(q, params.step_size, value_and_grad, 1.0), p)
+    p = _leapfrogs(p, params.step_size, value_and_grad, num_leapfrog, 1.0)
     u = _coordinate_u(p.u, p.x.shape[-1])
     rho = laplace_icdf(jnp.mod(laplace_cdf(p.rho) + _xi(p.x, u[:-1]), 1.0))
     log_jac = log_laplace(p.rho) - log_laplace(rho)
@@ -140,8 +143,7 @@ def inverse_flow_map(p: FlowPoint, params: MixFlowParams, value_and_grad: Callab
     rho = laplace_icdf(jnp.mod(laplace_cdf(p.rho) - _xi(p.x, _coordinate_u(u, d)[:-1]), 1.0))
     log_jac = log_laplace(rho) - log_laplace(p.rho)
     p = p._replace(rho=rho, u=u)
-    p = lax.fori_loop(0, num_leapfrog,
-                      lambda _, q: _leapfrog(q, params.step_size, value_and_grad, -1.0), p)
+    p = _leapfrogs(p, params.step_size, value_and_grad, num_leapfrog, -1.0)
     return p, log_jac
 
 
@@ -255,7 +257,7 @@ def acceptance(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable, nu
     """``min(1, exp(-Delta H))`` of one map's leapfrog trajectory from ``p``: the acceptance
     probability a Metropolis-corrected HMC with this momentum would have (the flow has none;
     it is the step-size heuristic's yardstick of how far the leapfrog is from exact)."""
-    q = lax.fori_loop(0, num_leapfrog, lambda _, q: _leapfrog(q, params.step_size, value_and_grad, 1.0), p)
+    q = _leapfrogs(p, params.step_size, value_and_grad, num_leapfrog, 1.0)
     delta = log_target(q) - log_target(p)
     return jnp.where(jnp.isfinite(delta), jnp.exp(jnp.minimum(delta, 0.0)), 0.0)
 
@@ -560,7 +562,7 @@ class MixFlow(ParticleEngine):
         )
         result.flow = flow
         result.stats = stats
-        result.elbo = flow.elbo_with_default
+        result.elbo = flow.elbo
         result.log_q = flow.marginal_log_density
         return result
 
@@ -631,9 +633,6 @@ class MixFlowResult:
         m, s = _jit_elbo(rng_key, params, dynamic, target, self.fit.flow_length,
                          self.fit.num_leapfrog, positive_int("num_samples", num_samples, 2))
         return m, s
-
-    def elbo_with_default(self, rng_key, num_samples: int = 256):
-        return self.elbo(rng_key, num_samples)
 
     def inversion_error(self, rng_key, num_maps: int | None = None, num_samples: int = 8) -> jax.Array:
         """Per draw z ~ q0: max |z - T^{-n} T^n z| with ``n = num_maps`` (default ``N``)."""

@@ -111,9 +111,11 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 
 import numpyro_gflow as gf
+# the benchmark suite's loader and model: its cached NUTS reference is of this model
+from benchmarks.models import load_breast_cancer
+from benchmarks.models import logistic_regression as logistic_model
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples" / "data" / "breast_cancer.csv"
 REFERENCE = ROOT / "benchmarks" / "references" / "logistic.npz"
 
 NUM_COMPONENTS, NUM_MC, NUM_STEPS = 100, 10, 500   # main setting (see the table above)
@@ -123,19 +125,7 @@ ELBO_DRAWS = 50_000         # per ELBO estimate: standard error ~0.03 nats
 Z = 3.0                     # tolerance, in standard errors of an ELBO difference
 
 
-def load_breast_cancer():
-    table = np.loadtxt(DATA, delimiter=",", skiprows=1)
-    assert table.shape == (569, 31), table.shape
-    X, y = table[:, :-1], table[:, -1].astype(np.int32)
-    X = (X - X.mean(axis=0)) / X.std(axis=0)
-    return jnp.asarray(X, jnp.float32), jnp.asarray(y)
 
-
-def logistic_model(X, y=None):
-    b = numpyro.sample("b", dist.Normal(0.0, 5.0))
-    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
-    with numpyro.plate("data", X.shape[0]):
-        numpyro.sample("obs", dist.Bernoulli(logits=X @ w + b), obs=y)
 
 
 def flat(samples):

@@ -177,7 +177,16 @@ def test_mcmc_kernel_gives_trajectories(banana_fit):
     mcmc.run(jax.random.key(4))
     samples = mcmc.get_samples(group_by_chain=True)
     assert samples["x1"].shape == (2, 40)
-    # each step is the deterministic flow map: the state after 50 steps is T^50 of the start
+    # each MCMC step is the deterministic flow map: the n-th draw is T^(10 + n) of the start
+    # that init gives for the same per-chain keys (MCMC splits its key into one per chain)
+    fit = banana_fit.flow.fit
+    vg = fit.target.value_and_grad(fit.dynamic)
+    start = kernel.init(jax.random.split(jax.random.key(4), 2), 10)
+    point = mf.FlowPoint(*start[:5])
+    step = jax.vmap(lambda q: mf.flow_map(q, fit.params, vg, fit.num_leapfrog)[0])
+    for _ in range(10 + 40):
+        point = step(point)
+    np.testing.assert_allclose(point.x[:, 0], samples["x1"][:, -1], rtol=1e-5, atol=1e-5)
     import arviz as az
     assert "posterior" in az.from_numpyro(mcmc).children
 
