@@ -63,6 +63,7 @@ class Target(NamedTuple):
     bridge: ModelBridge
     model_args: tuple
     model_kwargs: dict
+    num_steps: int | None = None    # the run's length (None in MCMC kernel use)
 
 
 class _Compiled(NamedTuple):
@@ -231,7 +232,8 @@ class ParticleEngine(MCMCKernel):
             keys = jax.random.split(rng_key, self.num_particles)
             z = self._initial_particles(compiled, dynamic, keys, init_params)
             z = self._from_unconstrained(z, compiled.bridge)
-            init_state = self._core_init(z, self._state_key(keys), Target(compiled.bridge, args, kwargs))
+            init_state = self._core_init(z, self._state_key(keys),
+                                         Target(compiled.bridge, args, kwargs, num_steps))
         init_state = self._place(init_state, devices)
         if nan_policy not in ("raise", "stop"):
             raise ValueError(f"nan_policy must be 'raise' or 'stop', got {nan_policy!r}")

@@ -35,7 +35,8 @@ from numpyro_gflow._validate import positive_float_or, positive_int
 from numpyro_gflow.engine import ParticleEngine, Target
 from numpyro_gflow.result import InferenceResult, latent_guide
 
-__all__ = ["IsoMixState", "IsoMixInfo", "init", "step", "mixture_log_density", "mixture_score",
+__all__ = ["IsoMixState", "IsoMixInfo", "IsoMixSchedule", "make_schedule", "init", "step",
+           "rewhiten", "averaged", "mixture_covariance", "mixture_log_density", "mixture_score",
            "sample_mixture", "IsoGaussianMixtureVI"]
 
 
@@ -47,6 +48,28 @@ class IsoMixState(NamedTuple):
     scale: jax.Array | None = None       # (d, d) A of the optional preconditioner z = A u
     inv_scale: jax.Array | None = None   # A^{-1}
     log_det_scale: jax.Array | None = None
+    schedule: "IsoMixSchedule | None" = None
+
+
+class IsoMixSchedule(NamedTuple):
+    """Optional re-estimation of the preconditioner and iterate averaging (see `step`)."""
+
+    count: jax.Array          # steps taken
+    rewhiten_at: jax.Array    # (k,) after these steps A is re-estimated from q's covariance
+    average_from: jax.Array   # iterates after this step enter the running average
+    mean_sum: jax.Array       # (N, d) sum of averaged means (z coordinates)
+    variance_sum: jax.Array   # (N,) sum of averaged variances (u coordinates of the final A)
+    num_averaged: jax.Array
+
+
+def make_schedule(means, rewhiten_at=(), average_from=None) -> IsoMixSchedule:
+    """A schedule for `init`: ``rewhiten_at`` step counts (needs a preconditioner), and iterates
+    after step ``average_from`` averaged (None: no averaging)."""
+    big = jnp.iinfo(jnp.int32).max
+    return IsoMixSchedule(
+        jnp.asarray(0, jnp.int32), jnp.asarray(tuple(rewhiten_at) or (-1,), jnp.int32),
+        jnp.asarray(big if average_from is None else average_from, jnp.int32),
+        jnp.zeros_like(means), jnp.zeros(means.shape[:1], means.dtype), jnp.asarray(0, jnp.int32))
 
 
 class IsoMixInfo(NamedTuple):
@@ -84,22 +107,83 @@ def sample_mixture(rng_key, means, variances, num_samples, scale=None):
     return means[comp] + jnp.sqrt(variances[comp])[:, None] * noise
 
 
-def init(means, variances, step_size, rng_key, scale=None) -> IsoMixState:
+def init(means, variances, step_size, rng_key, scale=None, schedule=None) -> IsoMixState:
     """``means`` in NumPyro's unconstrained space; with ``scale`` (a (d, d) matrix A), the flow
-    runs on the isotropic family in the coordinates u = A^{-1} z (``variances`` are those of u)."""
+    runs on the isotropic family in the coordinates u = A^{-1} z (``variances`` are those of u).
+    ``schedule`` (`make_schedule`): re-estimation of A and iterate averaging."""
     variances = jnp.broadcast_to(jnp.asarray(variances, means.dtype), means.shape[:1])
     if scale is None:
-        return IsoMixState(means, variances, jnp.asarray(step_size, means.dtype), rng_key)
+        if schedule is not None and int(jnp.max(schedule.rewhiten_at)) >= 0:
+            raise ValueError("re-estimating the preconditioner needs a preconditioner (scale)")
+        return IsoMixState(means, variances, jnp.asarray(step_size, means.dtype), rng_key,
+                           schedule=schedule)
     scale = jnp.asarray(scale, means.dtype)
     log_det = jnp.linalg.slogdet(scale)[1]
     return IsoMixState(means, variances, jnp.asarray(step_size, means.dtype), rng_key,
-                       scale, jnp.linalg.inv(scale), log_det)
+                       scale, jnp.linalg.inv(scale), log_det, schedule)
+
+
+def mixture_covariance(state: IsoMixState) -> jax.Array:
+    """Covariance of q in z: mean_i eps_i A A^T + the covariance of the component means."""
+    m = state.particles
+    spread = jnp.cov(m, rowvar=False, bias=True).reshape(m.shape[1], m.shape[1])
+    eps = jnp.mean(state.variances)
+    inner = eps * (state.scale @ state.scale.T) if state.scale is not None else eps * jnp.eye(m.shape[1], dtype=m.dtype)
+    return inner + spread
+
+
+def rewhiten(state: IsoMixState) -> IsoMixState:
+    """A <- Sigma_q^{1/2} (symmetric root of q's covariance); each component N(m_i, eps_i A A^T)
+    is replaced by the isotropic one in the new u closest in KL(new || old): variance
+    eps_i d / tr(M^{-1}), M = A'^{-1} A A^T A'^{-T}. Means (kept in z) do not move."""
+    cov = mixture_covariance(state)
+    lam, vec = jnp.linalg.eigh(0.5 * (cov + cov.T))
+    lam = jnp.maximum(lam, 1e-6 * jnp.max(lam) + 1e-30)
+    new = (vec * jnp.sqrt(lam)) @ vec.T
+    new_inv = (vec / jnp.sqrt(lam)) @ vec.T
+    B = state.inv_scale @ new                           # M^{-1} = B^T B with B = A^{-1} A'
+    d = cov.shape[0]
+    factor = d / jnp.sum(B * B)
+    return state._replace(variances=state.variances * factor, scale=new, inv_scale=new_inv,
+                          log_det_scale=0.5 * jnp.sum(jnp.log(lam)))
 
 
 def step(state: IsoMixState, score_fn, num_mc_samples: int,
          variance_update: str) -> tuple[IsoMixState, IsoMixInfo]:
     """One step of the paper's flow; with a preconditioner, the same step on the target pushed
-    to u = A^{-1} z (log density log pi(A u) + log|det A|, score A^T grad log pi(A u))."""
+    to u = A^{-1} z (log density log pi(A u) + log|det A|, score A^T grad log pi(A u)).
+
+    With a schedule: after the steps listed in ``rewhiten_at`` A is re-estimated from q's own
+    covariance (`rewhiten`), and iterates after ``average_from`` are summed so the result can
+    report their average (Polyak-Ruppert: removes the constant step's Monte Carlo jitter)."""
+    sched = state.schedule
+    new, info = _preconditioned_step(state, score_fn, num_mc_samples, variance_update)
+    if sched is None:
+        return new, info
+    count = sched.count + 1
+    if new.scale is not None:
+        new = jax.lax.cond(jnp.any(sched.rewhiten_at == count), rewhiten, lambda s: s, new)
+    take = count > sched.average_from
+    sched = sched._replace(
+        count=count,
+        mean_sum=sched.mean_sum + jnp.where(take, new.particles, 0.0),
+        variance_sum=sched.variance_sum + jnp.where(take, new.variances, 0.0),
+        num_averaged=sched.num_averaged + take.astype(jnp.int32))
+    return new._replace(schedule=sched), info
+
+
+def averaged(state: IsoMixState) -> IsoMixState:
+    """The state with means and variances replaced by their running averages (if any)."""
+    sched = state.schedule
+    if sched is None:
+        return state
+    n = jnp.maximum(sched.num_averaged, 1)
+    keep = sched.num_averaged > 0
+    return state._replace(particles=jnp.where(keep, sched.mean_sum / n, state.particles),
+                          variances=jnp.where(keep, sched.variance_sum / n, state.variances))
+
+
+def _preconditioned_step(state, score_fn, num_mc_samples, variance_update):
     if state.scale is None:
         return _step(state, score_fn, num_mc_samples, variance_update)
     A = state.scale
@@ -171,7 +255,18 @@ class IsoGaussianMixtureVI(ParticleEngine):
             Hessian of -log pi (d Hessian-vector products, eigenvalues floored at 1e-6 of the
             largest in absolute value) at the highest of the climbed initial means; a (d,)
             vector: A = diag(vector); a (d, d) matrix: A itself (e.g. a Cholesky factor of a
-            covariance estimate).
+            covariance estimate). ``"adaptive"``: starts as ``"laplace"``, then A is
+            re-estimated from the fitted mixture's own covariance (A = Sigma_q^{1/2}) after 20 %
+            and 40 % of ``num_steps`` (each component's variance is projected to the closest
+            isotropic one in the new coordinates); like NUTS's windowed mass-matrix adaptation.
+            On a skewed posterior this reaches a better fixed point than the Hessian at the
+            mode (see docs/engines/isomix.md).
+        average_last: fraction of the run whose iterates (means, variances) are averaged into
+            the result (Polyak-Ruppert averaging; default 0: the final iterate, as in the
+            paper). The constant step leaves the iterates jittering around the fixed point by
+            Monte Carlo noise; averaging the last half removes most of it. With
+            ``"adaptive"`` the averaging starts no earlier than the last re-estimation. The
+            trace is of the iterates, not of the average.
 
     ``run(rng_key, num_steps, *args, **kwargs)`` returns an `InferenceResult` with a guide
     (``Predictive(model, guide=result.guide, params=result.params, num_samples=...)``),
@@ -185,7 +280,8 @@ class IsoGaussianMixtureVI(ParticleEngine):
 
     def __init__(self, model, *, num_components: int = 10, variance_update: str = "ibw",
                  step_size="auto", num_mc_samples: int = 10, initial_variance="laplace",
-                 map_steps: int = 200, init_strategy=init_to_uniform, preconditioner=None):
+                 map_steps: int = 200, init_strategy=init_to_uniform, preconditioner=None,
+                 average_last: float = 0.0):
         super().__init__(model, num_particles=positive_int("num_components", num_components, 1),
                          init_strategy=init_strategy)
         if variance_update not in ("ibw", "md"):
@@ -196,14 +292,19 @@ class IsoGaussianMixtureVI(ParticleEngine):
         self.initial_variance = positive_float_or("initial_variance", initial_variance, ("laplace",))
         self.map_steps = positive_int("map_steps", map_steps, 0)
         if isinstance(preconditioner, str):
-            if preconditioner != "laplace":
-                raise ValueError(f"preconditioner must be None, 'laplace' or an array, got {preconditioner!r}")
+            if preconditioner not in ("laplace", "adaptive"):
+                raise ValueError("preconditioner must be None, 'laplace', 'adaptive' or an array, "
+                                 f"got {preconditioner!r}")
         elif preconditioner is not None:
             preconditioner = jnp.asarray(preconditioner)
             if preconditioner.ndim not in (1, 2) or not bool(jnp.all(jnp.isfinite(preconditioner))):
                 raise ValueError("preconditioner must be None, 'laplace', a (d,) vector or a "
                                  "(d, d) matrix of finite values")
         self.preconditioner = preconditioner
+        if isinstance(average_last, bool) or not isinstance(average_last, (int, float)) \
+                or not 0.0 <= average_last < 1.0:
+            raise ValueError(f"average_last must be a number in [0, 1), got {average_last!r}")
+        self.average_last = float(average_last)
 
     @property
     def num_components(self):
@@ -235,7 +336,18 @@ class IsoGaussianMixtureVI(ParticleEngine):
             h = 0.5 / jnp.maximum(jnp.max(top), 1e-6)
         else:
             h = self.step_size
-        return init(particles, variances, h, rng_key, scale)
+        return init(particles, variances, h, rng_key, scale, self._schedule(particles, target.num_steps))
+
+    def _schedule(self, particles, num_steps):
+        if num_steps is None or (self.preconditioner != "adaptive" and not self.average_last):
+            return None
+        rewhiten_at = ()
+        if self.preconditioner == "adaptive":
+            rewhiten_at = tuple(sorted({max(1, round(f * num_steps)) for f in (0.2, 0.4)}))
+        average_from = None
+        if self.average_last:
+            average_from = max(int(num_steps * (1.0 - self.average_last)), *rewhiten_at, 0)
+        return make_schedule(particles, rewhiten_at, average_from)
 
     def _scale(self, log_p, particles):
         """The preconditioner's matrix A (None without one)."""
@@ -258,7 +370,8 @@ class IsoGaussianMixtureVI(ParticleEngine):
         return step(state, score_fn, self.num_mc_samples, self.variance_update)
 
     def _result(self, state, info, bridge, args, kwargs, rng_key) -> InferenceResult:
-        means, variances, scale = state.particles, state.variances, state.scale
+        fitted = averaged(state)
+        means, variances, scale = fitted.particles, fitted.variances, fitted.scale
         params = {"isomix_means": means, "isomix_variances": variances}
         if scale is None:
             log_q = lambda z: mixture_log_density(z, means, variances)  # noqa: E731

@@ -82,11 +82,18 @@ second half of 3000 steps to separate the fixed point from Monte Carlo jitter):
   mixture's own covariance (a second run) 0.08-0.09 (N = 20-50); by the NUTS covariance
   (oracle) 0.05. The final iterate jitters by +-0.04 around these with the auto step (h = 0.5
   in u), so single runs land at 0.05-0.16 depending on the seed (seeds 0, 1, 2: 0.049, 0.157,
-  0.060). 0.1 sd is thus at the edge of what the preconditioned family reaches, and out of
-  reach of the unpreconditioned one; the literal criterion stays a strict xfail on the
-  unpreconditioned fit and a non-strict xfail on the preconditioned one. The ELBO criterion is
-  met by a wide margin with the preconditioner at the defaults (N = 10): -57.0 vs AutoNormal
-  -69.0 (AutoMVN -57.5).
+  0.060).
+* What meets it: ``preconditioner="adaptive"`` (A re-estimated from q's own covariance after
+  20 % and 40 % of the run) with ``average_last=0.5`` (Polyak-Ruppert average of the second
+  half) and N = 50 components, 1000 steps: worst 0.083 / 0.085 / 0.078 / 0.088 / 0.074 for
+  seeds 0-4 (always w[16]), median 0.015, ELBO -56.99 (AutoNormal at the same ~521k gradients
+  -69.0). Measured on the way (3 seeds each, worst parameter): N = 10 with Laplace A fixed +
+  averaging 0.087-0.124; N = 10 adaptive, no averaging 0.052-0.147, with averaging
+  0.083-0.125 (h = 0.1, 2000 steps: 0.081-0.109; B = 50: 0.091-0.101); N = 1 adaptive
+  0.14; N = 50, 500 steps 0.076-0.091 (5 seeds); N = 40, 600 steps 0.081-0.096; N = 100
+  0.073-0.080. So the criterion is met with margin ~0.01-0.025 (the reference's own Monte
+  Carlo error is ~0.011): by enough components in well-conditioned coordinates, with the jitter
+  averaged out. The unpreconditioned (paper's) family stays a strict xfail.
 
 Runtime (2 shared cores, compilation included), measured with the machine loaded (load average
 ~7): the default tests 52 s (27 s CPU time; about 30 s on an idle machine): the mixture run
@@ -119,6 +126,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "benchmarks" / "references" / "logistic.npz"
 
 NUM_COMPONENTS, NUM_MC, NUM_STEPS = 100, 10, 500   # main setting (see the table above)
+ADAPTIVE_COMPONENTS = 50                          # the setting that meets the 0.1-sd criterion
 DEFAULT_STEPS = 1000                              # the defaults' run (N = 10, B = 10)
 AUTONORMAL_LR = 3e-4        # best of the grid 1e-2, 3e-3, 1e-3, 3e-4 at 266k steps (table above)
 ELBO_DRAWS = 50_000         # per ELBO estimate: standard error ~0.03 nats
@@ -201,9 +209,10 @@ def main_fit(data):
 
 def mean_errors(res, nuts_reference):
     """|mixture mean - NUTS mean| / NUTS sd per parameter. The mixture's mean is exact: the
-    average of its component means (all sites are unconstrained reals here)."""
+    average of its component means (all sites are unconstrained reals here); the fitted means
+    are ``params`` (the iterate average where ``average_last`` is set)."""
     mu, sd = nuts_reference
-    return np.abs(np.asarray(res.state.particles).mean(0) - mu) / sd
+    return np.abs(np.asarray(res.params["isomix_means"]).mean(0) - mu) / sd
 
 
 def test_isomix_elbo_at_least_autonormal_same_gradient_budget(main_fit):
@@ -247,28 +256,28 @@ def test_isomix_defaults_elbo_at_least_autonormal(data):
     assert ours - auto >= -Z * float(np.hypot(ours_se, auto_se)), (ours, auto)
 
 
-@pytest.mark.xfail(strict=False, reason="borderline: with the Laplace preconditioner the worst "
-                   "parameter is 0.05-0.16 NUTS sd at the final iterate depending on the seed "
-                   "(iterate-averaged fixed point ~0.10-0.11 for N = 10)")
-def test_laplace_preconditioned_means_within_0_1_nuts_sd(laplace_fit, nuts_reference):
-    err = mean_errors(laplace_fit[0], nuts_reference)
-    assert np.all(err < 0.1), err
-
-
 @pytest.fixture(scope="module")
-def laplace_fit(data):
-    engine = gf.IsoGaussianMixtureVI(logistic_model, preconditioner="laplace")
+def adaptive_fit(data):
+    engine = gf.IsoGaussianMixtureVI(logistic_model, num_components=ADAPTIVE_COMPONENTS,
+                                     preconditioner="adaptive", average_last=0.5)
     return fit(engine, DEFAULT_STEPS, data)
 
 
-def test_laplace_preconditioned_defaults_beat_autonormal_and_cut_the_mean_bias(laplace_fit,
-                                                                                nuts_reference):
-    # N = 10, B = 10 (defaults) with preconditioner="laplace", 1000 steps (~103k gradients).
-    # measured (seed 0): ELBO -57.0 (AutoMVN at 20k steps: -57.5) vs AutoNormal -69.0 at the same
-    # budget; worst mean error 0.05 NUTS sd (seeds 1, 2: 0.16, 0.06), median 0.02.
-    res, (ours, ours_se), (auto, auto_se) = laplace_fit
-    assert ours - auto >= 5.0, (ours, auto)
-    err = mean_errors(res, nuts_reference)
-    print(f"laplace: |mean - NUTS mean| / NUTS sd: max {err.max():.3f}, median {np.median(err):.3f}")
-    assert err.max() < 0.2, err
-    assert np.median(err) < 0.05, err
+def test_adaptive_preconditioned_means_within_0_1_nuts_sd(adaptive_fit, nuts_reference):
+    # The issue's criterion, met with preconditioner="adaptive", average_last=0.5, N = 50, B = 10,
+    # 1000 steps (~521k gradients). measured: worst 0.083 (seed 0; seeds 1-4: 0.085, 0.078,
+    # 0.088, 0.074), always w[16] (index 17), median 0.015; the NUTS reference's own Monte Carlo
+    # error is ~0.011. Without averaging, or with the Laplace A kept fixed, or N = 10: 0.08-0.15.
+    err = mean_errors(adaptive_fit[0], nuts_reference)
+    print(f"adaptive: |mean - NUTS mean| / NUTS sd: max {err.max():.3f} (param "
+          f"{int(err.argmax())}), median {np.median(err):.3f}")
+    assert np.all(err < 0.1), err
+    assert np.median(err) < 0.03, err
+
+
+def test_adaptive_preconditioned_elbo_beats_autonormal(adaptive_fit):
+    # the ELBO criterion on the same fit: measured -56.99 vs AutoNormal -69.0 at the same
+    # budget (AutoMVN at 20k steps: -57.5)
+    res, (ours, ours_se), (auto, auto_se) = adaptive_fit
+    assert ours - auto >= 10.0, (ours, auto)
+    assert ours > -57.5, ours

@@ -251,6 +251,7 @@ BAD_HYPERPARAMETERS = [
     ("IsoGaussianMixtureVI", {"variance_update": "adam"}, ValueError, ["variance_update", "'ibw'", "'md'"]),
     ("IsoGaussianMixtureVI", {"initial_variance": -1.0}, ValueError, ["initial_variance", "'laplace'"]),
     ("IsoGaussianMixtureVI", {"preconditioner": "newton"}, ValueError, ["preconditioner", "'laplace'"]),
+    ("IsoGaussianMixtureVI", {"average_last": 1.5}, ValueError, ["average_last", "[0, 1)"]),
     ("FBGVI", {"hessian": "bfgs"}, ValueError, ["hessian", "'exact'", "'stein'"]),
     ("FBGVI", {"stochastic": "yes"}, TypeError, ["stochastic", "bool"]),
     ("MixFlow", {"step_size_rule": "nuts"}, ValueError, ["step_size_rule", "'acceptance'", "'elbo'"]),
