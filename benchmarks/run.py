@@ -4,7 +4,8 @@
 
 Engines (``--engines``, names as in the tables; case-insensitive):
 
-* the ``numpyro_gflow`` engines of :data:`GFLOW_ENGINES` (``SVGD``, ``KSDD``), plus any other
+* the ``numpyro_gflow`` engines of :data:`GFLOW_ENGINES` (``SVGD``, ``KSDD``, ``IsoMix-IBW``,
+  ``IsoMix-MD``, ``IsoMix-adaptive``, ``FBGVI``, ``FBGVI-stochastic``), plus any other
   engine class ``numpyro_gflow`` exports with the same
   ``Engine(model, ...).run(rng_key, num_steps, *args, progress_bar=False)`` API (found at run
   time, run with its default settings, ``num_particles`` = that of SVGD where it takes one;
@@ -128,11 +129,14 @@ class GflowEngine(Engine):
     family = "numpyro_gflow"
 
     def __init__(self, name: str, cls, kwargs: Callable[[Settings], dict] | None = None,
-                 grads_per_particle_step: int = 1):
+                 grads_per_particle_step: int = 1,
+                 grad_evals: Callable[[object, int, int], int] | None = None):
         self.name, self.cls = name, cls
         self.kwargs = kwargs or (lambda cfg: {})
         # model-gradient equivalents per particle per step (a Hessian-vector product ~ 1 more)
         self.grads_per_particle_step = grads_per_particle_step
+        # engines without particles: (engine, steps, d) -> gradient evaluations of a run
+        self.grad_evals = grad_evals
 
     def describe(self, cfg):
         kw = ", ".join(f"{k}={v}" for k, v in self.kwargs(cfg).items())
@@ -167,6 +171,8 @@ class GflowEngine(Engine):
 
             # particle engines: one score evaluation per particle per step; others: engine-specific
             grads = res.num_samples * steps * self.grads_per_particle_step if particles else None
+            if grads is None and self.grad_evals is not None:
+                grads = self.grad_evals(engine, steps, res.unconstrained.shape[-1])
             if grads is None:  # an engine that counts its own (MixFlow)
                 grads = getattr(res, "stats", {}).get("grad_evals")
             if self.grads_per_particle_step > 1:
@@ -190,6 +196,22 @@ class _Named(optax.GradientTransformation):
         return self.name
 
 
+def _isomix_grads(engine, steps, d):
+    """N B per step, the Adam climb (N per step) and the curvature probes (d + 31 HVPs per
+    component, 2 gradients each), d more HVPs for a Laplace/adaptive Hessian."""
+    n = engine.num_components
+    hvps = (d + 31) * n + (d if isinstance(engine.preconditioner, str) else 0)
+    return steps * n * engine.num_mc_samples + engine.map_steps * n + 2 * hvps
+
+
+def _fbgvi_grads(engine, steps, d):
+    """Per step and draw: a gradient, plus d Hessian-vector products (2 gradients each) with
+    the exact Hessian; the climb and the curvature probes at the start."""
+    draws = engine.num_mc_samples or (1 if engine.stochastic else 100)
+    per_draw = 1 + (2 * d if engine.hessian == "exact" else 0)
+    return steps * draws * per_draw + engine.map_steps + 2 * (d + 31 + 100)
+
+
 #: numpyro_gflow engines: name -> Engine. Adding an engine = one entry here.
 GFLOW_ENGINES: dict[str, Engine] = {
     "SVGD": GflowEngine("SVGD", gf.SVGD, lambda cfg: {"step_size": cfg.svgd_step_size}),
@@ -198,6 +220,18 @@ GFLOW_ENGINES: dict[str, Engine] = {
     "KSDD": GflowEngine("KSDD", gf.KSDD, lambda cfg: {"optimizer": _Named(
         gf.optim.svgd_adagrad(cfg.svgd_step_size), f"svgd_adagrad({cfg.svgd_step_size})")},
         grads_per_particle_step=2),  # the score and one Hessian-vector product per particle
+    # the two variance updates of the mixture, and the extension that meets the logistic
+    # regression's 0.1-sd criterion (tests/test_isomix_realdata.py), all at N = 10
+    "IsoMix-IBW": GflowEngine("IsoMix-IBW", gf.IsoGaussianMixtureVI,
+                              lambda cfg: {"variance_update": "ibw"}, grad_evals=_isomix_grads),
+    "IsoMix-MD": GflowEngine("IsoMix-MD", gf.IsoGaussianMixtureVI,
+                             lambda cfg: {"variance_update": "md"}, grad_evals=_isomix_grads),
+    "IsoMix-adaptive": GflowEngine("IsoMix-adaptive", gf.IsoGaussianMixtureVI, lambda cfg: {
+        "preconditioner": "adaptive", "average_last": 0.5}, grad_evals=_isomix_grads),
+    "FBGVI": GflowEngine("FBGVI", gf.FBGVI, lambda cfg: {"stochastic": False},
+                         grad_evals=_fbgvi_grads),
+    "FBGVI-stochastic": GflowEngine("FBGVI-stochastic", gf.FBGVI,
+                                    lambda cfg: {"stochastic": True}, grad_evals=_fbgvi_grads),
 }
 
 
