@@ -40,6 +40,10 @@ class SubsamplePlate(NamedTuple):
     name: str
     size: int
     subsample_size: int
+    #: the model is given each batch's rows already (`numpyro_gflow.StreamedData`): the plate's
+    #: indices are the batch's own 0..subsample_size-1, and NumPyro still rescales by
+    #: size / subsample_size
+    streamed: bool = False
 
 
 def _is_array(x) -> bool:
@@ -133,8 +137,10 @@ class ModelBridge:
 
     def __init__(self, model, prototype: dict, plates: tuple[SubsamplePlate, ...],
                  observed_sites: tuple[str, ...], deterministic_sites: tuple[str, ...],
-                 supports: dict | None = None):
+                 supports: dict | None = None, plate_sizes: dict | None = None):
         self.model = model
+        #: plate name -> full size, every plate of the model (what ``shard_data`` splits by)
+        self.plate_sizes = {} if plate_sizes is None else plate_sizes
         #: site name -> NumPyro constraint of its support (what mirror maps key on)
         self.supports = {} if supports is None else supports
         self.prototype = prototype
@@ -160,7 +166,7 @@ class ModelBridge:
                 f"running the model to trace its sites failed{where}: {e!r}. Check the model's "
                 "arguments (number, shapes) and its distributions' parameters."
             ) from e
-        latent, observed, deterministic, plates = {}, [], [], []
+        latent, observed, deterministic, plates, plate_sizes = {}, [], [], [], {}
         for name, site in tr.items():
             if site["type"] == "sample":
                 if site["is_observed"]:
@@ -178,6 +184,7 @@ class ModelBridge:
                 deterministic.append(name)
             elif site["type"] == "plate":
                 size, subsample_size = site["args"]
+                plate_sizes[name] = int(size)
                 if subsample_size is not None and subsample_size < size:
                     plates.append(SubsamplePlate(name, int(size), int(subsample_size)))
         if not latent:
@@ -194,7 +201,8 @@ class ModelBridge:
                 jnp.shape(transform.inv(site["value"])), dtype=jnp.result_type(float)
             )
         supports = {name: site["fn"].support for name, site in latent.items()}
-        return cls(model, prototype, tuple(plates), tuple(observed), tuple(deterministic), supports)
+        return cls(model, prototype, tuple(plates), tuple(observed), tuple(deterministic), supports,
+                   plate_sizes)
 
     # ------------------------------------------------------------------ flatten / unflatten
     def flatten(self, params: dict) -> jax.Array:
@@ -219,7 +227,9 @@ class ModelBridge:
         keys = (jax.random.split(rng_key, len(self.subsample_plates))
                 if rng_key is not None else [None] * len(self.subsample_plates))
         for plate, key in zip(self.subsample_plates, keys):
-            if key is None:
+            if plate.streamed:
+                data[plate.name] = jnp.arange(plate.subsample_size)
+            elif key is None:
                 data[plate.name] = jnp.arange(plate.size)
             else:
                 data[plate.name] = jax.random.permutation(key, plate.size)[: plate.subsample_size]
@@ -235,6 +245,25 @@ class ModelBridge:
                 return model(*args, **kwargs)
 
         return full_data_model
+
+    def with_streamed_plate(self, num_rows: int, batch_size: int) -> "ModelBridge":
+        """A copy whose subsampled plate(s) of ``size == num_rows`` and ``subsample_size ==
+        batch_size`` take the batch the model is given (see `numpyro_gflow.StreamedData`)."""
+        import copy
+
+        plates = tuple(p._replace(streamed=True) if (p.size, p.subsample_size) == (num_rows, batch_size)
+                       else p for p in self.subsample_plates)
+        if not any(p.streamed for p in plates):
+            found = ", ".join(f"{p.name!r} (size {p.size}, subsample_size {p.subsample_size})"
+                              for p in self.subsample_plates) or "none"
+            raise ValueError(
+                f"streamed data: the model needs a plate of size {num_rows} (the rows of the "
+                f"data) with subsample_size={batch_size} (the batch size) around the streamed "
+                f"rows' likelihood, e.g. numpyro.plate('data', {num_rows}, "
+                f"subsample_size={batch_size}); subsampled plates found: {found}")
+        new = copy.copy(self)
+        new.subsample_plates = plates
+        return new
 
     # ------------------------------------------------------------------ densities
     def log_density(self, z, args=(), kwargs=None, rng_key=None):

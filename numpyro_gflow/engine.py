@@ -57,6 +57,37 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.asarray(True)
 
 
+def _rows(mesh, axis: int = 0):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec(*([None] * axis), "data"))
+
+
+def _replicated(mesh):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec())
+
+
+class _BatchFeed:
+    """Streamed batches for chunks of steps, on the device (row-sharded over ``mesh`` if given)."""
+
+    def __init__(self, stream, seed: int, mesh=None):
+        self.stream, self.seed, self.mesh = stream, seed, mesh
+
+    def __call__(self, start: int, num_steps: int) -> dict:
+        host = self.stream.batches(self.seed, start, num_steps)
+        if self.mesh is None:
+            return jax.device_put(host)
+        n = self.mesh.devices.size
+        return {k: jax.device_put(v, _rows(self.mesh, 1) if v.shape[1] % n == 0 else _replicated(self.mesh))
+                for k, v in host.items()}
+
+    def shapes(self, num_steps: int) -> dict:
+        return {k: jax.ShapeDtypeStruct((num_steps, self.stream.batch_size) + a.shape[1:], a.dtype)
+                for k, a in self.stream.arrays.items()}
+
+
 class Target(NamedTuple):
     """What an engine's ``_core_init`` may need beyond the particles: the model and its inputs."""
 
@@ -117,9 +148,12 @@ class ParticleEngine(MCMCKernel):
         return bridge.constrain(particle, args, kwargs)
 
     # ------------------------------------------------------------------ compilation cache
-    def _prepare(self, args, kwargs) -> tuple[_Compiled, list]:
-        """Bridge and compiled init/run for these input shapes (built once, then reused)."""
+    def _prepare(self, args, kwargs, stream=None) -> tuple[_Compiled, list]:
+        """Bridge and compiled init/run for these input shapes (built once, then reused).
+        ``stream``: a `StreamedData` whose first batch is in ``kwargs``."""
         dynamic, static, treedef, signature = split_static_args(args, kwargs)
+        if stream is not None:
+            signature = (signature, "streamed", stream.num_rows, stream.batch_size, stream.names)
         try:
             cached = self._compiled.get(signature)
         except TypeError:  # unhashable static input: no cache
@@ -127,6 +161,8 @@ class ParticleEngine(MCMCKernel):
         if cached is not None:
             return cached, dynamic
         bridge = ModelBridge.from_model(self._model, *args, **kwargs)
+        if stream is not None:
+            bridge = bridge.with_streamed_plate(stream.num_rows, stream.batch_size)
 
         def model_inputs(dyn):
             return merge_static_args(dyn, static, treedef)
@@ -135,19 +171,22 @@ class ParticleEngine(MCMCKernel):
             a, kw = model_inputs(dyn)
             return bridge.init_particles(keys, a, kw, self.init_strategy)
 
-        def run_fn(carry, dyn, bar_id, start, total, num_steps, every):
+        def run_fn(carry, dyn, batches, bar_id, start, total, num_steps, every):
             # one chunk of ``num_steps`` steps from global step ``start``; steps at or past
             # ``total`` are skipped (so every chunk has one length: one compilation). The carry
             # holds the last state whose floats were all finite and the 1-based step at which
             # the engine first produced a non-finite state or objective (0: none): after that
-            # step nothing moves (no host sync needed to stop)
+            # step nothing moves (no host sync needed to stop). ``batches``: None, or streamed
+            # model keyword arrays with a leading axis of ``num_steps`` (one batch per step)
             a, kw = model_inputs(dyn)
             score_fn = self._make_score_fn(bridge, a, kw)
 
-            def body(carry, i):
+            def body(carry, xs):
+                i, batch = xs
                 state, failed_at = carry
                 step = (start + i + 1).astype(jnp.int32)
-                new, info = self._core_step(state, score_fn)
+                step_score_fn = score_fn if batch is None else self._make_score_fn(bridge, a, {**kw, **batch})
+                new, info = self._core_step(state, step_score_fn)
                 ok = _all_finite(new)
                 if self.objective and not self.tolerates_non_finite_objective:
                     ok = ok & jnp.all(jnp.isfinite(getattr(info, self.objective)))
@@ -159,7 +198,7 @@ class ParticleEngine(MCMCKernel):
                               every)
                 return (state, failed_at), info
 
-            return lax.scan(body, carry, jnp.arange(num_steps, dtype=jnp.int32))
+            return lax.scan(body, carry, (jnp.arange(num_steps, dtype=jnp.int32), batches))
 
         compiled = _Compiled(bridge, jax.jit(init_fn),
                              jax.jit(run_fn, static_argnames=("num_steps", "every")),
@@ -188,7 +227,8 @@ class ParticleEngine(MCMCKernel):
 
     # ------------------------------------------------------------------ engine API
     def run(self, rng_key, num_steps: int, *args, progress_bar: bool = True, init_params=None,
-            init_state=None, devices="auto", nan_policy: str = "raise", **kwargs) -> InferenceResult:
+            init_state=None, devices="auto", shard_data: bool = False, data_loader=None,
+            nan_policy: str = "raise", **kwargs) -> InferenceResult:
         """Run ``num_steps`` steps on ``model(*args, **kwargs)``.
 
         Args:
@@ -210,6 +250,18 @@ class ParticleEngine(MCMCKernel):
                 oscillating amplifies any 1e-7 change, reordering included, to O(0.1)).
                 Multi-host: call ``jax.distributed.initialize()`` first and pass
                 ``jax.devices()`` (all hosts' devices); the same code runs.
+            shard_data: split the model's data across the devices instead of the particles
+                (for data-heavy models with few particles): every array input whose leading
+                axis is the size of one of the model's plates (and divides evenly) is sharded
+                by rows over a 1-d mesh axis ``"data"``, the engine state is replicated, and
+                XLA partitions the likelihood (each device sums its rows, then one all-reduce).
+                Streamed batches are split the same way. Needs several devices (``devices``).
+            data_loader: a `StreamedData`: mini-batches streamed from host memory, passed to
+                the model as keyword arguments (one batch per step; see `numpyro_gflow.data`).
+                The model's plate of size ``data_loader.num_rows`` with ``subsample_size ==
+                data_loader.batch_size`` rescales the batch's log-likelihood. The batches are a
+                function of ``rng_key`` and the step number; a run resumed with
+                ``init_state`` starts its batch sequence afresh (give it another key).
             nan_policy: what a step that makes the state or the objective non-finite does.
                 The loop notices it inside the compiled code and freezes at the last finite
                 state (no per-step host sync); then ``"raise"`` (default) raises
@@ -227,18 +279,29 @@ class ParticleEngine(MCMCKernel):
             raise TypeError("rng_key must be a JAX PRNG key, e.g. jax.random.key(0)")
         if self.num_particles is None:
             raise ValueError("num_particles is required for run() (MCMC takes it from num_chains)")
-        compiled, dynamic = self._prepare(args, kwargs)
+        stream = self._check_loader(data_loader, kwargs)
+        if stream is not None:
+            kwargs = {**kwargs, **stream.first_batch()}
+        compiled, dynamic = self._prepare(args, kwargs, stream)
+        mesh = self._data_mesh(devices) if shard_data else None
+        if mesh is not None:
+            dynamic = self._shard_rows(dynamic, compiled.bridge, mesh)
         if init_state is None:
             keys = jax.random.split(rng_key, self.num_particles)
             z = self._initial_particles(compiled, dynamic, keys, init_params)
             z = self._from_unconstrained(z, compiled.bridge)
             init_state = self._core_init(z, self._state_key(keys),
                                          Target(compiled.bridge, args, kwargs, num_steps))
-        init_state = self._place(init_state, devices)
+        init_state = (self._place(init_state, devices) if mesh is None
+                      else jax.device_put(init_state, _replicated(mesh)))
         if nan_policy not in ("raise", "stop"):
             raise ValueError(f"nan_policy must be 'raise' or 'stop', got {nan_policy!r}")
+        feed = None
+        if stream is not None:
+            seed = int(jax.random.randint(jax.random.fold_in(rng_key, 0x5D), (), 0, 2 ** 31 - 1))
+            feed = _BatchFeed(stream, seed, mesh)
         state, info, done, failed_at, interrupted = self._run_chunks(
-            compiled, dynamic, init_state, num_steps, progress_bar)
+            compiled, dynamic, init_state, num_steps, progress_bar, feed)
         steps_kept = done if failed_at == 0 else failed_at - 1
         info = jax.tree.map(lambda x: x[:steps_kept], info)
         try:
@@ -261,21 +324,28 @@ class ParticleEngine(MCMCKernel):
             result.status = f"interrupted after step {done} of {num_steps}"
         return result
 
-    def _run_chunks(self, compiled, dynamic, state, num_steps, progress_bar):
+    def _run_chunks(self, compiled, dynamic, state, num_steps, progress_bar, feed=None):
         """The compiled loop in up to ``CHUNKS`` equal chunks of at least ``MIN_CHUNK_STEPS``
         steps: between chunks a KeyboardInterrupt is honoured (returning the state reached) and a
-        non-finite run stops early."""
+        non-finite run stops early. With a batch ``feed`` the chunks are its transfer size, and
+        the next chunk's batches are gathered and sent while the device runs the current one."""
         chunk = -(-num_steps // max(1, min(CHUNKS, num_steps // MIN_CHUNK_STEPS)))
+        if feed is not None:
+            chunk = min(chunk, feed.stream.steps_per_transfer)
         every = progress.every_for(num_steps)
         infos, done, failed_at, interrupted = [], 0, 0, False
         carry = (state, jnp.asarray(0, jnp.int32))
         bar = progress.ProgressBar(num_steps, type(self).__name__, enabled=progress_bar)
+        batches = None if feed is None else feed(0, chunk)
         with bar as bar_id:
             try:
                 while done < num_steps and failed_at == 0:
-                    new_carry, info = compiled.run(carry, dynamic, bar_id, jnp.asarray(done, jnp.int32),
+                    new_carry, info = compiled.run(carry, dynamic, batches, bar_id,
+                                                   jnp.asarray(done, jnp.int32),
                                                    jnp.asarray(num_steps, jnp.int32),
                                                    num_steps=chunk, every=every)
+                    if feed is not None and done + chunk < num_steps:
+                        batches = feed(done + chunk, chunk)   # overlaps the running chunk
                     failed = int(new_carry[1])        # waits for the chunk: one sync per chunk
                     carry, infos, done, failed_at = (new_carry, infos + [info],
                                                      min(done + chunk, num_steps), failed)
@@ -287,13 +357,50 @@ class ParticleEngine(MCMCKernel):
         if infos:
             info = jax.tree.map(lambda *xs: jnp.concatenate(xs)[:done], *infos)
         else:  # interrupted before the first chunk finished, or num_steps == 0
-            info = self._empty_info(compiled, dynamic, carry)
+            info = self._empty_info(compiled, dynamic, carry, feed)
         return carry[0], info, done, failed_at, interrupted
 
-    def _empty_info(self, compiled, dynamic, carry):
-        shapes = jax.eval_shape(lambda c, d: compiled.run(c, d, jnp.int32(0), jnp.int32(0), jnp.int32(1),
-                                                          num_steps=1, every=1)[1], carry, dynamic)
+    def _empty_info(self, compiled, dynamic, carry, feed=None):
+        batches = None if feed is None else feed.shapes(1)
+        shapes = jax.eval_shape(lambda c, d, b: compiled.run(c, d, b, jnp.int32(0), jnp.int32(0), jnp.int32(1),
+                                                             num_steps=1, every=1)[1], carry, dynamic, batches)
         return jax.tree.map(lambda sd: jnp.zeros((0,) + sd.shape[1:], sd.dtype), shapes)
+
+    @staticmethod
+    def _check_loader(data_loader, kwargs):
+        from numpyro_gflow.data import StreamedData
+
+        if data_loader is None:
+            return None
+        if not isinstance(data_loader, StreamedData):
+            raise TypeError(f"data_loader must be a numpyro_gflow.StreamedData, got {type(data_loader).__name__}")
+        clash = sorted(set(data_loader.names) & set(kwargs))
+        if clash:
+            raise TypeError(f"model keyword argument(s) {clash} are given both directly and by the "
+                            "data_loader; pass each once")
+        return data_loader
+
+    @staticmethod
+    def _data_mesh(devices):
+        from jax.sharding import Mesh
+
+        devices = jax.devices() if isinstance(devices, str) and devices == "auto" else devices
+        if devices is None or isinstance(devices, str) or len(list(devices)) < 2:
+            raise ValueError("shard_data=True needs several devices: pass devices=[...] or run where "
+                             f"jax.devices() lists several (got devices={devices!r})")
+        return Mesh(np.asarray(list(devices)), ("data",))
+
+    @staticmethod
+    def _shard_rows(dynamic, bridge, mesh):
+        """Row-shard the array inputs whose leading axis is a plate's size (and divides evenly)."""
+        sizes = set(bridge.plate_sizes.values())
+        n = mesh.devices.size
+
+        def put(x):
+            rows = jnp.ndim(x) >= 1 and x.shape[0] in sizes and x.shape[0] % n == 0
+            return jax.device_put(x, _rows(mesh) if rows else _replicated(mesh))
+
+        return [put(x) for x in dynamic]
 
     def _place(self, state, devices):
         """Shard the state's particle-axis arrays over ``devices`` (see ``run``)."""

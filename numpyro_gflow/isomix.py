@@ -135,7 +135,8 @@ def mixture_covariance(state: IsoMixState) -> jax.Array:
 def rewhiten(state: IsoMixState) -> IsoMixState:
     """A <- Sigma_q^{1/2} (symmetric root of q's covariance); each component N(m_i, eps_i A A^T)
     is replaced by the isotropic one in the new u closest in KL(new || old): variance
-    eps_i d / tr(M^{-1}), M = A'^{-1} A A^T A'^{-T}. Means (kept in z) do not move."""
+    eps_i d / tr(M^{-1}), M = A'^{-1} A A^T A'^{-T}. Means (kept in z) do not move; the step
+    shrinks by ||A^{-1} A'||^2 where that exceeds 1."""
     cov = mixture_covariance(state)
     lam, vec = jnp.linalg.eigh(0.5 * (cov + cov.T))
     lam = jnp.maximum(lam, 1e-6 * jnp.max(lam) + 1e-30)
@@ -144,8 +145,13 @@ def rewhiten(state: IsoMixState) -> IsoMixState:
     B = state.inv_scale @ new                           # M^{-1} = B^T B with B = A^{-1} A'
     d = cov.shape[0]
     factor = d / jnp.sum(B * B)
+    # the target's curvature in the new u is at most ||B||^2 times that in the old one: shrink
+    # the step by as much (never grow it), so a step that was stable stays stable. Matters when
+    # q spans several modes and its covariance is much wider than one component's.
+    stretch = jnp.maximum(jnp.linalg.norm(B, 2) ** 2, 1.0)
     return state._replace(variances=state.variances * factor, scale=new, inv_scale=new_inv,
-                          log_det_scale=0.5 * jnp.sum(jnp.log(lam)))
+                          log_det_scale=0.5 * jnp.sum(jnp.log(lam)),
+                          step_size=state.step_size / stretch)
 
 
 def step(state: IsoMixState, score_fn, num_mc_samples: int,
