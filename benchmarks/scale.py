@@ -19,7 +19,9 @@ Sections:
   ``CAP_S`` seconds or fails, or whose predicted time (previous step time x (n ratio)^2) is over
   ``CAP_S``.
 * **data**: the same vs data rows N (10^3 ... 10^6), 100 particles, full data and with a
-  subsample plate of 1,000 rows (not BlackJAX: its gradient is our own full-data closure).
+  subsample plate of 1,000 rows (not BlackJAX: its gradient is our own full-data closure), and
+  ``SVGD-streamed``: batches of 1,000 rows streamed from host memory (``gf.StreamedData``, the
+  data never on the device as a whole).
 * **overhead**: ``gf.SVGD(...).run`` against a hand-written ``jax.jit`` + ``lax.scan`` loop of
   ``numpyro_gflow.svgd.step`` on the bridge's score function (same kernel, optimizer, info).
 * **rff**: error of the random-feature SVGD direction against the exact one vs M, time of one
@@ -44,6 +46,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.dirname(HERE) not in sys.path:   # run as a script (and its workers): import benchmarks.*
+    sys.path.insert(0, os.path.dirname(HERE))
 D = 10
 STEP_SIZE = 0.05
 CAP_S = 60.0                 # a point that takes longer (or is predicted to) ends that engine's sweep
@@ -58,7 +62,22 @@ FULL = {
 }
 QUICK = {"particles": (100,), "rows": (10**3,), "overhead": ((100, 1000, 200),)}
 PARTICLE_ENGINES = ("SVGD", "CoinSVGD", "SVGD-RFF", "SteinVI", "BlackJAX")
-DATA_ENGINES = ("SVGD", "SteinVI", "BlackJAX")
+DATA_ENGINES = ("SVGD", "SVGD-streamed", "SteinVI", "BlackJAX")
+
+
+def _data_modes(engine: str):
+    """Subsample settings an engine is run with in the data section."""
+    if engine == "BlackJAX":
+        return (None,)                # its gradient is our own full-data closure
+    if engine == "SVGD-streamed":
+        return (SUBSAMPLE,)           # batches from host memory only
+    return (None, SUBSAMPLE)
+
+
+def _data_label(engine: str, sub) -> str:
+    if sub is None:
+        return "full"
+    return f"streamed {sub}" if engine == "SVGD-streamed" else f"subsample {sub}"
 
 
 def steps_for(n: int, rows: int) -> int:
@@ -113,6 +132,22 @@ def _builder(engine: str, n: int, X, y, subsample):
 
     model = _model()
     kw = {} if subsample is None else {"subsample": subsample}
+    if engine == "SVGD-streamed":
+        import numpy as np
+        import numpyro
+        import numpyro.distributions as dist
+
+        def streamed(X, y, num_rows):
+            b = numpyro.sample("b", dist.Normal(0.0, 5.0))
+            w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
+            with numpyro.plate("data", num_rows, subsample_size=X.shape[0]):
+                numpyro.sample("obs", dist.Bernoulli(logits=X @ w + b), obs=y)
+
+        loader = gf.StreamedData(subsample, X=np.asarray(X), y=np.asarray(y))
+        eng = gf.SVGD(streamed, num_particles=n, step_size=STEP_SIZE)
+        return lambda key, steps: jax.block_until_ready(
+            eng.run(key, steps, num_rows=loader.num_rows, data_loader=loader,
+                    progress_bar=False).state)
     if engine in ("SVGD", "CoinSVGD", "SVGD-RFF"):
         if engine == "SVGD":
             eng = gf.SVGD(model, num_particles=n, step_size=STEP_SIZE)
@@ -392,14 +427,14 @@ def write_report(res: dict, cfg: dict, load: tuple, elapsed: float, quick: bool,
               "| engine | data | " + " | ".join(f"N = {N:.0e}" for N in Ns) + " |",
               "| --- | --- |" + " ---: |" * len(Ns)]
         for eng in DATA_ENGINES:
-            for sub in (None, SUBSAMPLE):
-                if eng == "BlackJAX" and sub is not None:
-                    continue
+            for sub in _data_modes(eng):
                 by = {r["rows"]: r for r in rows if r["engine"] == eng and r.get("subsample") == sub}
-                L.append(f"| {eng} | {'full' if sub is None else f'subsample {sub}'} | "
+                L.append(f"| {eng} | {_data_label(eng, sub)} | "
                          + " | ".join(_cell(by.get(N)) for N in Ns) + " |")
         L += ["", "Subsample: `numpyro.plate('data', N, subsample_size=1000)` in the model (NumPyro "
-              "rescales the likelihood by N / 1000); BlackJAX is run on full data only.", ""]
+              "rescales the likelihood by N / 1000); streamed: the model gets each 1000-row batch "
+              "from `gf.StreamedData` (host memory) and its plate of size N rescales; BlackJAX is "
+              "run on full data only.", ""]
         for r in rows:
             if "error" in r or "skipped" in r:
                 L.append(f"* {r['engine']} N = {r['rows']} ({r.get('subsample') or 'full'}): "
@@ -471,13 +506,13 @@ def plot(res: dict):
             axes[0].plot(n, s, "o-", label=eng)
             axes[1].plot(n, m, "o-", label=eng)
     for eng in DATA_ENGINES:
-        for sub in (None, SUBSAMPLE):
+        for sub in _data_modes(eng):
             pts = sorted((r["rows"], r["steps_per_s"]) for r in res.get("data", [])
                          if r["engine"] == eng and r.get("subsample") == sub and ok(r))
             if pts:
                 N, s = zip(*pts)
                 axes[2].plot(N, s, "o-" if sub is None else "s--",
-                             label=f"{eng} ({'full' if sub is None else f'subsample {sub}'})")
+                             label=f"{eng} ({_data_label(eng, sub)})")
     for ax, xl, yl, t in ((axes[0], "particles n", "steps / s", "speed vs particles (1,000 rows)"),
                           (axes[1], "particles n", "peak RSS (MiB)", "peak memory vs particles"),
                           (axes[2], "data rows N", "steps / s", "speed vs data (100 particles)")):
@@ -512,9 +547,7 @@ def main():
     if "data" in parts:
         res["data"] = []
         for eng in DATA_ENGINES:
-            for sub in (None, SUBSAMPLE):
-                if eng == "BlackJAX" and sub is not None:
-                    continue
+            for sub in _data_modes(eng):
                 res["data"] += sweep_rows(eng, cfg["rows"], sub)
     if "overhead" in parts:
         res["overhead"] = []

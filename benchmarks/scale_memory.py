@@ -13,6 +13,11 @@ IMQ kernel Stein discrepancy diagnostic. The target is a standard normal in d = 
 (``score = -x``), so the model costs nothing and the kernel work is all that is measured.
 
     nice .venv/bin/python benchmarks/scale_memory.py            # writes benchmarks/SCALE_MEMORY.md
+    nice .venv/bin/python benchmarks/scale_memory.py ksdd       # writes benchmarks/SCALE_MEMORY_KSDD.md
+
+``ksdd``: one `numpyro_gflow.ksdd.step` instead (KSD descent: the gradient of the squared KSD,
+differentiated through the score; IMQ kernel, unit scale, AdaGrad), whose blocked path
+rematerialises each row block in the backward pass.
 """
 
 from __future__ import annotations
@@ -42,28 +47,33 @@ def _rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def worker(n: int, mode: str, run: bool) -> dict:
+def worker(n: int, mode: str, run: bool, engine: str = "svgd") -> dict:
     import jax
     import jax.numpy as jnp
 
-    from numpyro_gflow import svgd
-    from numpyro_gflow.kernels import RBFKernel
+    from numpyro_gflow import ksdd, svgd
+    from numpyro_gflow.kernels import IMQKernel, RBFKernel
     from numpyro_gflow.optim import svgd_adagrad
 
-    # "blocked-fixed-h": the blocked step with a fixed bandwidth (the median's cost left out)
-    bw = 40.0 if mode == "blocked-fixed-h" else "median"
-    kernel = RBFKernel(bw, block_size=None if mode == "dense" else BLOCK_SIZE)
+    block = None if mode == "dense" else BLOCK_SIZE
     optimizer = svgd_adagrad(0.05)
 
     def score_fn(x, rng_key):
         return -0.5 * jnp.sum(x**2, -1), -x
 
+    if engine == "ksdd":
+        kernel, core = IMQKernel(block_size=block), ksdd
+    else:
+        # "blocked-fixed-h": the blocked step with a fixed bandwidth (the median's cost left out)
+        bw = 40.0 if mode == "blocked-fixed-h" else "median"
+        kernel, core = RBFKernel(bw, block_size=block), svgd
+
     @jax.jit
     def one_step(state):
-        return svgd.step(state, score_fn, kernel, optimizer)
+        return core.step(state, score_fn, kernel, optimizer)
 
     x0 = jax.random.normal(jax.random.key(0), (n, D)) * 2.0 + 1.0
-    state = svgd.init(x0, optimizer, jax.random.key(1))
+    state = core.init(x0, optimizer, jax.random.key(1))
     jax.block_until_ready(state)
     out = {"n": n, "d": D, "mode": mode, "block_size": None if mode == "dense" else BLOCK_SIZE}
     t0 = time.perf_counter()
@@ -81,13 +91,15 @@ def worker(n: int, mode: str, run: bool) -> dict:
     # ru_maxrss is in KiB on Linux: the peak over the whole process (imports, compile, step)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["bandwidth"] = float(info.bandwidth)
-    out["stein_sq_norm"] = float(info.stein_sq_norm)
+    # the number compared between paths: SVGD's mean |phi|^2, KSD descent's squared KSD
+    out["stein_sq_norm"] = float(info.ksd_sq if engine == "ksdd" else info.stein_sq_norm)
     out["finite"] = bool(jnp.all(jnp.isfinite(new_state.particles)))
     return out
 
 
-def _spawn(n: int, mode: str, run: bool) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(n), mode, "run" if run else "compile"]
+def _spawn(n: int, mode: str, run: bool, engine: str = "svgd") -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(n), mode,
+           "run" if run else "compile", engine]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     if proc.returncode != 0:
@@ -129,7 +141,9 @@ def _reading(rows) -> list[str]:
     return out
 
 
-def main():
+def main(engine: str = "svgd"):
+    if engine == "ksdd":
+        return main_ksdd()
     rows = []
     plan = ([(n, "blocked", True) for n in BLOCKED_N] + [(n, "dense", True) for n in DENSE_N]
             + [(n, "dense", False) for n in DENSE_COMPILE_ONLY_N]
@@ -178,8 +192,50 @@ def main():
         f.write("\n".join(lines))
 
 
+def main_ksdd():
+    rows = []
+    plan = ([(n, "blocked", True) for n in BLOCKED_N] + [(n, "dense", True) for n in DENSE_N]
+            + [(n, "dense", False) for n in DENSE_COMPILE_ONLY_N])
+    for n, mode, run in plan:
+        res = _spawn(n, mode, run, "ksdd")
+        print(json.dumps(res), flush=True)
+        rows.append(res)
+    import jax
+    lines = [
+        "# One KSD-descent step vs particle count: peak memory and time (issue 9)",
+        "",
+        f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by `benchmarks/scale_memory.py ksdd` on "
+        f"{platform.machine()} Linux, {os.cpu_count()} CPU cores (shared with other jobs: times are "
+        f"indicative), JAX {jax.__version__} on CPU, float32.",
+        "",
+        f"One `numpyro_gflow.ksdd.step` (the gradient of the squared KSD of the particles, "
+        f"differentiated through the score; IMQ kernel with unit scale, AdaGrad) on a standard "
+        f"normal target in d = {D}, each configuration in a fresh process. *blocked*: "
+        f"`IMQKernel(block_size={BLOCK_SIZE})` (`kernels.stein_kernel_mean`: row blocks under "
+        f"`lax.map`, each rematerialised in the backward pass by `jax.checkpoint`); *dense*: "
+        f"`block_size=None`. Columns as in SCALE_MEMORY.md; *KSD^2* is the step's objective.",
+        "",
+        "| n | d | path | step (s) | compile (s) | peak RSS (MiB) | RSS before step (MiB) | XLA temp (MiB) | KSD^2 |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['n']} | {r['d']} | {r['mode']} | failed: {r['error']} | | | | | |")
+            continue
+        path = r["mode"] + (f" ({r['block_size']})" if r["block_size"] else "")
+        if "step_s" not in r:
+            path += ", compiled only"
+        lines.append(
+            f"| {r['n']} | {r['d']} | {path} | {_fmt(r.get('step_s'), '.2f')} | {r['compile_s']:.2f} | "
+            f"{_fmt(r.get('peak_rss_mib'), '.0f')} | {_fmt(r.get('rss_before_mib'), '.0f')} | "
+            f"{_fmt(r['xla_temp_mib'], '.1f')} | {_fmt(r.get('stein_sq_norm'), '.7g')} |")
+    lines += ["", "Raw results (JSON lines):", "", "```"] + [json.dumps(r) for r in rows] + ["```", ""]
+    with open(os.path.join(HERE, "SCALE_MEMORY_KSDD.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        print(json.dumps(worker(int(sys.argv[2]), sys.argv[3], sys.argv[4] == "run")))
+        print(json.dumps(worker(int(sys.argv[2]), sys.argv[3], sys.argv[4] == "run", sys.argv[5])))
     else:
-        main()
+        main(sys.argv[1] if len(sys.argv) > 1 else "svgd")

@@ -10,7 +10,9 @@ that name the offending site, and mini-batch plates.
 
 Mini-batches: a plate declared with ``subsample_size`` draws its indices from a key passed to
 ``log_density(z, rng_key=...)`` (the same indices for every particle of a step, drawn without
-replacement); NumPyro's plate then rescales the likelihood by ``size / subsample_size``, so the
+replacement while the plate has at most `PERMUTE_MAX_RATIO` batches' worth of rows, with
+replacement above, where a permutation of all rows would dominate the step); NumPyro's plate
+then rescales the likelihood by ``size / subsample_size``, so the
 estimate is unbiased. Without a key the full data are used.
 """
 
@@ -34,6 +36,11 @@ from numpyro.infer.util import (
 )
 
 __all__ = ["ModelBridge", "SubsamplePlate", "split_static_args"]
+
+
+#: a subsampled plate draws its batch without replacement (a permutation of all N rows) while
+#: N <= this many batches, with replacement (uniform indices, O(batch)) above
+PERMUTE_MAX_RATIO = 16
 
 
 class SubsamplePlate(NamedTuple):
@@ -231,8 +238,13 @@ class ModelBridge:
                 data[plate.name] = jnp.arange(plate.subsample_size)
             elif key is None:
                 data[plate.name] = jnp.arange(plate.size)
-            else:
+            elif plate.size <= PERMUTE_MAX_RATIO * plate.subsample_size:
                 data[plate.name] = jax.random.permutation(key, plate.size)[: plate.subsample_size]
+            else:
+                # a permutation sorts all N indices every step (measured: 72 steps/s at N = 10^5
+                # vs 1680 for the same batches streamed); uniform draws with replacement cost
+                # O(batch) and the N / B rescaling stays unbiased
+                data[plate.name] = jax.random.randint(key, (plate.subsample_size,), 0, plate.size)
         model = handlers.substitute(self.model, data=data)
         if rng_key is not None:
             return model

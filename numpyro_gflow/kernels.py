@@ -19,9 +19,12 @@ the dense path's numbers to float tolerance, and the same median-heuristic bandw
 exact bisection median counts the distances block by block, recomputing them each round).
 Each kernel's ``block_size`` picks the path: ``"auto"`` (default) is dense for
 n <= `AUTO_DENSE_MAX` and blocks of `AUTO_BLOCK_SIZE` above; ``None`` is always dense; an int
-is that block size. Only `svgd_direction` (so SVGD and CoinSVGD) and `bandwidth` read
-``block_size``; `kernel_matrix` and `stein_kernel_matrix`, and the engines built on them
-(mirrored Stein, KSD descent), stay dense.
+is that block size. `svgd_direction` (so SVGD and CoinSVGD), `bandwidth` and
+`stein_kernel_mean` (so KSD descent and CoinKSDD, gradient included) read ``block_size``;
+`kernel_matrix` and `stein_kernel_matrix`, and the engines built on them (mirrored Stein),
+stay dense. The blocked `stein_kernel_mean` is differentiable with O(block_size * n) memory:
+each block is rematerialised in the backward pass (``jax.checkpoint``) instead of its
+``block_size x n`` intermediates being stored for all blocks.
 
 Random features (optional, off by default). ``RBFKernel(num_features=M)`` replaces the exact
 kernel sums of `svgd_direction` by random Fourier features (Rahimi & Recht 2007):
@@ -57,6 +60,7 @@ __all__ = [
     "stein_kernel_matrix",
     "bandwidth",
     "resolve_block_size",
+    "stein_kernel_mean",
     "AUTO_DENSE_MAX",
     "AUTO_BLOCK_SIZE",
     "RFF_MEDIAN_SAMPLE",
@@ -446,6 +450,27 @@ def svgd_direction(kernel: Kernel, x: jax.Array, score: jax.Array, block_size="k
 
     phi = lax.map(one, (xb, rows)).reshape(-1, x.shape[1])[:n]
     return phi / n, h
+
+
+def stein_kernel_mean(kernel: Kernel, x: jax.Array, score: jax.Array, h, block_size="kernel"):
+    """``mean_ij k_p(x_i, x_j)`` (the squared KSD, V-statistic) without the n x n matrix on the
+    blocked path (``block_size`` as in `svgd_direction`); differentiable in ``x`` and ``score``
+    with O(block_size * n) memory (blocks recomputed in the backward pass)."""
+    n = x.shape[0]
+    block_size = kernel.block_size if block_size == "kernel" else block_size
+    bs = resolve_block_size(block_size, n)
+    if bs is None:
+        return jnp.mean(stein_kernel_matrix(kernel, x, score, h=h))
+    xb, rows = _row_blocks(x, bs)
+    sb, _ = _row_blocks(score, bs)
+
+    @jax.checkpoint
+    def one(args):
+        xi, si, ri = args
+        kp = stein_kernel_matrix(kernel, xi, si, x, score, h=h)
+        return jnp.sum(jnp.where((ri < n)[:, None], kp, 0.0))
+
+    return jnp.sum(lax.map(one, (xb, sb, rows))) / n**2
 
 
 def stein_kernel_matrix(kernel: Kernel, x: jax.Array, score: jax.Array,

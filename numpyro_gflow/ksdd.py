@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from numpyro_gflow.kernels import Kernel, pairwise_sq_dists, stein_kernel_matrix
+from numpyro_gflow.kernels import Kernel, bandwidth, stein_kernel_mean
 
 __all__ = ["KSDDState", "KSDDInfo", "init", "step", "ksd_squared"]
 
@@ -44,8 +44,9 @@ class KSDDInfo(NamedTuple):
 def ksd_squared(x, score_fn: Callable, kernel: Kernel, rng_key=None):
     """``F(x)`` and aux ``(log_density, h)``; differentiable in ``x`` through the score."""
     log_density, score = score_fn(x, rng_key)
-    h = lax.stop_gradient(kernel.scale(pairwise_sq_dists(x)))
-    return jnp.mean(stein_kernel_matrix(kernel, x, score, h=h)), (log_density, h)
+    h = lax.stop_gradient(bandwidth(kernel, x))
+    # row-blocked above the kernel's block size: memory O(block * n), gradient included
+    return stein_kernel_mean(kernel, x, score, h), (log_density, h)
 
 
 def init(particles, optimizer: optax.GradientTransformation, rng_key) -> KSDDState:

@@ -65,8 +65,10 @@ def test_non_finite_initial_density_names_the_site():
         gf.SVGD(model, num_particles=4).run(jax.random.key(0), 5, -jnp.ones(3), progress_bar=False)
 
 
-def test_subsampled_plate_is_unbiased():
-    N = 200
+@pytest.mark.parametrize("N", [200, 2000])   # 10 and 100 batches: without / with replacement
+def test_subsampled_plate_is_unbiased(N):
+    from numpyro_gflow.bridge import PERMUTE_MAX_RATIO
+
     x = jax.random.normal(jax.random.key(0), (N,)) + 1.0
 
     def model(x):
@@ -76,6 +78,7 @@ def test_subsampled_plate_is_unbiased():
 
     bridge = ModelBridge.from_model(model, x)
     assert bridge.subsample_plates[0].subsample_size == 20
+    assert (N <= PERMUTE_MAX_RATIO * 20) == (N == 200)
     z = jnp.array([0.7])
     full = bridge.log_density(z, (x,))
     ref = dist.Normal(0, 10).log_prob(0.7) + dist.Normal(0.7, 1).log_prob(x).sum()
