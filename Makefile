@@ -2,12 +2,13 @@
 #   make demo   - install, then fit SVGD and NUTS on a real model and print the comparison
 #   make test   - install with test extras, then run the default (non-slow) test suite
 #   make test-slow - the long accuracy checks
-#   make bench     - the benchmark table (not part of the tests)
+#   make bench     - the benchmark tables (not part of the tests; about 1.5 hours on 2 cores)
 #   make docs   - build the documentation site into site/ (mkdocs build --strict)
 SHELL := /bin/bash
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 # A 3.12+ interpreter: PYTHON=... override, then python3.13/python3.12 that actually run,
 # then pyenv's installed versions. (The machine's default python3 is 3.11: pip would quietly
@@ -41,9 +42,19 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(VPY) -m pytest -m slow
 
-# every engine vs NUTS / SVI / NumPyro SteinVI on the model set; writes benchmarks/results/
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(VPY) -m pip install --quiet -e '.[test,demo,bench]'
+	@touch $(BENCH_STAMP)
+
+# every engine vs NUTS / SVI / NumPyro SteinVI on the model set (writes benchmarks/results/);
+# then scaling: steps/s and peak memory vs particles and data rows against NumPyro SteinVI and
+# BlackJAX (benchmarks/SCALE.md, scale.png), and one blocked step's memory at 20,000 particles
+# for SVGD and KSD descent (benchmarks/SCALE_MEMORY*.md)
+bench: $(BENCH_STAMP)
 	$(VPY) -m benchmarks.run
+	$(VPY) benchmarks/scale.py
+	$(VPY) benchmarks/scale_memory.py
+	$(VPY) benchmarks/scale_memory.py ksdd
 
 docs: $(STAMP)
 	$(VPY) -m mkdocs build --strict -d site
