@@ -263,6 +263,8 @@ class ModelBridge:
         batch_size`` take the batch the model is given (see `numpyro_gflow.StreamedData`)."""
         import copy
 
+        if batch_size == num_rows and num_rows in self.plate_sizes.values():
+            return self        # every batch is all rows (reordered): a plain plate, no rescaling
         plates = tuple(p._replace(streamed=True) if (p.size, p.subsample_size) == (num_rows, batch_size)
                        else p for p in self.subsample_plates)
         if not any(p.streamed for p in plates):

@@ -163,3 +163,15 @@ def test_loader_errors_name_the_problem():
     # the plate's size must be the number of rows (here the model is told 99)
     with pytest.raises(ValueError, match=r"plate of size 100 .*subsample_size=10.*'data' \(size 99"):
         engine.run(jax.random.key(0), 5, num_rows=99, data_loader=loader, progress_bar=False)
+
+
+def test_batch_of_all_rows_needs_no_subsampled_plate():
+    # batch_size == num_rows: each "batch" is the whole data reordered; a plain plate of that
+    # size serves, with no rescaling (the result equals the on-device full-data fit)
+    X, y = make_data(200)
+    loader = gf.StreamedData(200, X=X, y=y)
+    res = gf.FBGVI(model, num_mc_samples=8).run(jax.random.key(0), 300, num_rows=200,
+                                                data_loader=loader, progress_bar=False)
+    full = gf.FBGVI(full_model, num_mc_samples=8).run(jax.random.key(0), 300, X, y,
+                                                      progress_bar=False)
+    np.testing.assert_allclose(res.params["fbgvi_loc"], full.params["fbgvi_loc"], rtol=1e-3, atol=1e-3)
