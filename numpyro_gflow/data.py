@@ -19,6 +19,11 @@ host without replacement within an epoch (a fresh permutation per epoch, a funct
 ``rng_key`` and the step number: the same key gives the same batches), gathered with numpy
 and copied to the device a chunk of steps at a time, the next chunk while the device works on
 the current one. Only ``steps_per_transfer x batch_size`` rows are on the device at once.
+
+What the result computes after the run with the model's density (``result.elbo``, log
+likelihoods for ArviZ, a fitted density's guide used with `Predictive` on the same inputs)
+sees the first ``batch_size`` rows, rescaled by the plate: an estimate from one batch, not the
+full data. `MixFlow` does not take a data loader (its flow map needs the exact density).
 """
 
 from __future__ import annotations

@@ -118,6 +118,9 @@ class ParticleEngine(MCMCKernel):
     #: whether a non-finite objective alone (state still finite) is recoverable, not a failure
     tolerates_non_finite_objective: bool = False
 
+    #: whether ``run(data_loader=...)`` makes sense (engines needing the exact density: no)
+    supports_streaming: bool = True
+
     def __init__(self, model, *, num_particles: int | None = 100, init_strategy=init_to_uniform):
         if not callable(model):
             raise TypeError(f"model must be a callable NumPyro model, got {type(model).__name__}")
@@ -366,12 +369,14 @@ class ParticleEngine(MCMCKernel):
                                                              num_steps=1, every=1)[1], carry, dynamic, batches)
         return jax.tree.map(lambda sd: jnp.zeros((0,) + sd.shape[1:], sd.dtype), shapes)
 
-    @staticmethod
-    def _check_loader(data_loader, kwargs):
+    def _check_loader(self, data_loader, kwargs):
         from numpyro_gflow.data import StreamedData
 
         if data_loader is None:
             return None
+        if not self.supports_streaming:
+            raise ValueError(f"{type(self).__name__} does not take a data_loader: it needs the "
+                             "model's exact log density (all rows) at every step")
         if not isinstance(data_loader, StreamedData):
             raise TypeError(f"data_loader must be a numpyro_gflow.StreamedData, got {type(data_loader).__name__}")
         clash = sorted(set(data_loader.names) & set(kwargs))

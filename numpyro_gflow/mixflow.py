@@ -459,6 +459,7 @@ class MixFlow(ParticleEngine):
     objective = "elbo"
     min_particles = 1
     min_steps = 0
+    supports_streaming = False   # the flow map and its density need the exact log density
 
     def __init__(self, model, *, flow_length: int = 100, step_size="auto", num_leapfrog: int = 20,
                  reference="meanfield", step_size_rule: str = "acceptance",

@@ -160,6 +160,8 @@ def test_loader_errors_name_the_problem():
         engine.run(jax.random.key(0), 5, X=X, num_rows=100, data_loader=loader, progress_bar=False)
     with pytest.raises(TypeError, match="StreamedData"):
         engine.run(jax.random.key(0), 5, num_rows=100, data_loader={"X": X}, progress_bar=False)
+    with pytest.raises(ValueError, match="MixFlow does not take a data_loader"):
+        gf.MixFlow(model).run(jax.random.key(0), 5, num_rows=100, data_loader=loader, progress_bar=False)
     # the plate's size must be the number of rows (here the model is told 99)
     with pytest.raises(ValueError, match=r"plate of size 100 .*subsample_size=10.*'data' \(size 99"):
         engine.run(jax.random.key(0), 5, num_rows=99, data_loader=loader, progress_bar=False)
