@@ -245,6 +245,7 @@ BAD_HYPERPARAMETERS = [
     ("MixFlow", {"flow_length": 0}, ValueError, ["flow_length", ">= 1"]),
     ("MixFlow", {"num_leapfrog": 0}, ValueError, ["num_leapfrog", ">= 1"]),
     ("MixFlow", {"num_draws": 1}, ValueError, ["num_draws", ">= 2"]),
+    ("MixFlow", {"step_scale": "sd"}, ValueError, ["step_scale", "'unit'"]),
     ("CoinLAWGD", {"grid_size": 2}, ValueError, ["grid_size", ">= 4"]),
     ("CoinLAWGD", {"num_eigen": 0}, ValueError, ["num_eigen", ">= 1"]),
     # unknown choices
