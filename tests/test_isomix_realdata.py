@@ -258,9 +258,12 @@ def test_isomix_defaults_elbo_at_least_autonormal(data):
 
 @pytest.fixture(scope="module")
 def adaptive_fit(data):
+    # no AutoNormal run of its own (521k SVI steps, ~15 s): the ELBO comparison at equal budget
+    # is test_isomix_elbo_at_least_autonormal_same_gradient_budget's; here a fixed bar
     engine = gf.IsoGaussianMixtureVI(logistic_model, num_components=ADAPTIVE_COMPONENTS,
                                      preconditioner="adaptive", average_last=0.5)
-    return fit(engine, DEFAULT_STEPS, data)
+    res = engine.run(jax.random.key(0), DEFAULT_STEPS, *data, progress_bar=False)
+    return res, tuple(float(v) for v in res.elbo(jax.random.key(3), ELBO_DRAWS))
 
 
 def test_adaptive_preconditioned_means_within_0_1_nuts_sd(adaptive_fit, nuts_reference):
@@ -276,8 +279,8 @@ def test_adaptive_preconditioned_means_within_0_1_nuts_sd(adaptive_fit, nuts_ref
 
 
 def test_adaptive_preconditioned_elbo_beats_autonormal(adaptive_fit):
-    # the ELBO criterion on the same fit: measured -56.99 vs AutoNormal -69.0 at the same
-    # budget (AutoMVN at 20k steps: -57.5)
-    res, (ours, ours_se), (auto, auto_se) = adaptive_fit
-    assert ours - auto >= 10.0, (ours, auto)
+    # measured -56.99 +- 0.03; AutoNormal at this budget (~521k steps) -69.0 (the table above;
+    # converged by 103k steps), AutoMVN at 20k steps -57.5
+    res, (ours, ours_se) = adaptive_fit
     assert ours > -57.5, ours
+    assert ours - (-69.0) >= 10.0, ours

@@ -78,17 +78,17 @@ DATA_CODE = textwrap.dedent("""
     assert Xs.addressable_shards[0].data.shape == (100, 3)
 
     for name, eng in {"SVGD": gf.SVGD(model, num_particles=16, step_size=0.01),
-                      "FBGVI": gf.FBGVI(model, num_mc_samples=8)}.items():
-        one = eng.run(jax.random.key(2), 200, X, y, progress_bar=False, devices=None)
-        four = eng.run(jax.random.key(2), 200, X, y, progress_bar=False, shard_data=True)
+                      "FBGVI": gf.FBGVI(model, num_mc_samples=4, map_steps=50)}.items():
+        one = eng.run(jax.random.key(2), 100, X, y, progress_bar=False, devices=None)
+        four = eng.run(jax.random.key(2), 100, X, y, progress_bar=False, shard_data=True)
         assert four.state.particles.sharding.is_fully_replicated
         a, b = np.asarray(one.state.particles), np.asarray(four.state.particles)
         print(name, "full", "MAXDIFF", float(np.max(np.abs(a - b))))
         # streamed batches of 80 rows (each split 20 per device)
         loader = gf.StreamedData(80, X=X, y=y)
-        one = eng.run(jax.random.key(2), 200, num_rows=400, data_loader=loader, progress_bar=False,
+        one = eng.run(jax.random.key(2), 100, num_rows=400, data_loader=loader, progress_bar=False,
                       devices=None)
-        four = eng.run(jax.random.key(2), 200, num_rows=400, data_loader=loader, progress_bar=False,
+        four = eng.run(jax.random.key(2), 100, num_rows=400, data_loader=loader, progress_bar=False,
                        shard_data=True)
         a, b = np.asarray(one.state.particles), np.asarray(four.state.particles)
         print(name, "streamed", "MAXDIFF", float(np.max(np.abs(a - b))))
