@@ -265,6 +265,7 @@ def test_coin_svgd_logistic_regression_matches_tuned_svgd():
     _check_logistic(_logistic(seeds=(0,)))
 
 
+@pytest.mark.slow   # ~13 s; the logistic-regression half of the protocol stays in the default run
 def test_coin_svgd_bnn_regression_matches_tuned_svgd():
     _check_bnn(_bnn(seeds=(0,)))
 

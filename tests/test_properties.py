@@ -138,7 +138,7 @@ def test_particle_engines_fit_or_refuse(spec, engine):
         assert isinstance(detail, FloatingPointError), (engine, spec, detail)
 
 
-@settings(SETTINGS, max_examples=5)   # 4-10 s of compiling per example (MixFlow the most)
+@settings(SETTINGS, max_examples=3)   # 4-10 s of compiling per example (MixFlow the most)
 @given(spec=model_specs(), engine=st.sampled_from(sorted(DENSITY)))
 def test_density_engines_fit_or_refuse(spec, engine):
     outcome, detail = check(DENSITY[engine], spec)
@@ -146,7 +146,7 @@ def test_density_engines_fit_or_refuse(spec, engine):
         assert isinstance(detail, FloatingPointError), (engine, spec, detail)
 
 
-@settings(SETTINGS, max_examples=6)
+@settings(SETTINGS, max_examples=4)
 @given(spec=model_specs())
 def test_coin_lawgd_fits_small_models_and_refuses_large_ones(spec):
     model, args, dim = build(spec)
