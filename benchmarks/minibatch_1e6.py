@@ -110,40 +110,35 @@ def main():
     rows.append(("NUTS, full data (500 + 1000)", f"{ref[2]:.0f}", "-", "0 (reference)", "1, 1"))
     print(rows[-1], flush=True)
 
-    loader = gf.StreamedData(BATCH, X=X, y=y)
-    engine = gf.FBGVI(streamed_model, stochastic=True)
-    t0 = time.perf_counter()
-    res = engine.run(jax.random.key(0), a.steps, num_rows=a.rows, data_loader=loader, progress_bar=False)
-    jax.block_until_ready(res.state)
-    wall = time.perf_counter() - t0
-    e, lo, hi = compare(res, ref)
-    rows.append((f"FB-GVI stochastic, streamed batches of {BATCH} ({a.steps} steps)", f"{wall:.0f}",
-                 f"{a.steps / wall:.0f}", f"{e:.3f}", f"{lo:.3f}-{hi:.3f}"))
-    print(rows[-1], flush=True)
+    def timed_row(label, fit, steps, reference):
+        t0 = time.perf_counter()
+        res = fit()
+        jax.block_until_ready(res.state)
+        wall = time.perf_counter() - t0
+        e, lo, hi = compare(res, reference)
+        rows.append((label, f"{wall:.0f}", f"{steps / wall:.0f}", f"{e:.3f}", f"{lo:.3f}-{hi:.3f}"))
+        print(rows[-1], flush=True)
 
+    loader = gf.StreamedData(BATCH, X=X, y=y)
+    timed_row(f"FB-GVI stochastic, streamed batches of {BATCH} ({a.steps} steps)",
+              lambda: gf.FBGVI(streamed_model, stochastic=True).run(
+                  jax.random.key(0), a.steps, num_rows=a.rows, data_loader=loader, progress_bar=False),
+              a.steps, ref)
     Xd, yd = jax.numpy.asarray(X), jax.numpy.asarray(y)
-    engine = gf.FBGVI(subsampled_model, stochastic=True)
-    t0 = time.perf_counter()
-    res = engine.run(jax.random.key(0), a.steps, Xd, yd, progress_bar=False)
-    jax.block_until_ready(res.state)
-    wall = time.perf_counter() - t0
-    e, lo, hi = compare(res, ref)
-    rows.append((f"FB-GVI stochastic, on-device subsample {BATCH} ({a.steps} steps)", f"{wall:.0f}",
-                 f"{a.steps / wall:.0f}", f"{e:.3f}", f"{lo:.3f}-{hi:.3f}"))
-    print(rows[-1], flush=True)
+    timed_row(f"FB-GVI stochastic, on-device subsample {BATCH} ({a.steps} steps)",
+              lambda: gf.FBGVI(subsampled_model, stochastic=True).run(
+                  jax.random.key(0), a.steps, Xd, yd, progress_bar=False),
+              a.steps, ref)
 
     # the subset check of the issue: 10^4 rows, NUTS on all of them vs streamed batches of 500
     Xs, ys = X[:10_000], y[:10_000]
     sub_ref = nuts(Xs, ys, 1000, 4000)
-    t0 = time.perf_counter()
-    res = gf.FBGVI(streamed_model, stochastic=True).run(
-        jax.random.key(0), 2000, num_rows=10_000, data_loader=gf.StreamedData(500, X=Xs, y=ys),
-        progress_bar=False)
-    wall = time.perf_counter() - t0
-    e, lo, hi = compare(res, sub_ref)
-    rows.append(("10^4-row subset: FB-GVI stochastic, streamed 500 (2000 steps) vs NUTS (1000 + 4000) "
-                 "on those rows", f"{wall:.0f}", f"{2000 / wall:.0f}", f"{e:.3f}", f"{lo:.3f}-{hi:.3f}"))
-    print(rows[-1], flush=True)
+    timed_row("10^4-row subset: FB-GVI stochastic, streamed 500 (2000 steps) vs NUTS (1000 + 4000) "
+              "on those rows",
+              lambda: gf.FBGVI(streamed_model, stochastic=True).run(
+                  jax.random.key(0), 2000, num_rows=10_000,
+                  data_loader=gf.StreamedData(500, X=Xs, y=ys), progress_bar=False),
+              2000, sub_ref)
 
     lines = [
         "# Mini-batches at 10^6 rows (issue 9)", "",

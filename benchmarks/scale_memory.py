@@ -113,6 +113,23 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+def _table_rows(rows, last: str, spec: str) -> list[str]:
+    """One markdown row per configuration; the last column is ``r[last]``."""
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['n']} | {r['d']} | {r['mode']} | failed: {r['error']} | | | | | |")
+            continue
+        path = r["mode"] + (f" ({r['block_size']})" if r["block_size"] else "")
+        if "step_s" not in r:
+            path += ", compiled only"
+        out.append(
+            f"| {r['n']} | {r['d']} | {path} | {_fmt(r.get('step_s'), '.2f')} | {r['compile_s']:.2f} | "
+            f"{_fmt(r.get('peak_rss_mib'), '.0f')} | {_fmt(r.get('rss_before_mib'), '.0f')} | "
+            f"{_fmt(r['xla_temp_mib'], '.1f')} | {_fmt(r.get(last), spec)} |")
+    return out
+
+
 def _reading(rows) -> list[str]:
     # growth of the temporaries with n, read off the table, and dense-vs-blocked agreement
     ok = [r for r in rows if "error" not in r and r["xla_temp_mib"] is not None]
@@ -175,17 +192,7 @@ def main(engine: str = "svgd"):
         "| n | d | path | step (s) | compile (s) | peak RSS (MiB) | RSS before step (MiB) | XLA temp (MiB) | bandwidth h |",
         "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['n']} | {r['d']} | {r['mode']} | failed: {r['error']} | | | | | |")
-            continue
-        path = r["mode"] + (f" ({r['block_size']})" if r["block_size"] else "")
-        if "step_s" not in r:
-            path += ", compiled only"
-        lines.append(
-            f"| {r['n']} | {r['d']} | {path} | {_fmt(r.get('step_s'), '.2f')} | {r['compile_s']:.2f} | "
-            f"{_fmt(r.get('peak_rss_mib'), '.0f')} | {_fmt(r.get('rss_before_mib'), '.0f')} | "
-            f"{_fmt(r['xla_temp_mib'], '.1f')} | {_fmt(r.get('bandwidth'), '.6g')} |")
+    lines += _table_rows(rows, "bandwidth", ".6g")
     lines += ["", *_reading(rows)]
     lines += ["", "Raw results (JSON lines):", "", "```"] + [json.dumps(r) for r in rows] + ["```", ""]
     with open(os.path.join(HERE, "SCALE_MEMORY.md"), "w") as f:
@@ -218,17 +225,7 @@ def main_ksdd():
         "| n | d | path | step (s) | compile (s) | peak RSS (MiB) | RSS before step (MiB) | XLA temp (MiB) | KSD^2 |",
         "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['n']} | {r['d']} | {r['mode']} | failed: {r['error']} | | | | | |")
-            continue
-        path = r["mode"] + (f" ({r['block_size']})" if r["block_size"] else "")
-        if "step_s" not in r:
-            path += ", compiled only"
-        lines.append(
-            f"| {r['n']} | {r['d']} | {path} | {_fmt(r.get('step_s'), '.2f')} | {r['compile_s']:.2f} | "
-            f"{_fmt(r.get('peak_rss_mib'), '.0f')} | {_fmt(r.get('rss_before_mib'), '.0f')} | "
-            f"{_fmt(r['xla_temp_mib'], '.1f')} | {_fmt(r.get('stein_sq_norm'), '.7g')} |")
+    lines += _table_rows(rows, "stein_sq_norm", ".7g")
     lines += ["", "Raw results (JSON lines):", "", "```"] + [json.dumps(r) for r in rows] + ["```", ""]
     with open(os.path.join(HERE, "SCALE_MEMORY_KSDD.md"), "w") as f:
         f.write("\n".join(lines))
