@@ -58,7 +58,7 @@ from numpyro_gflow.result import InferenceResult, latent_guide
 
 __all__ = [
     "FlowPoint", "MixFlowParams", "ReferenceState", "ReferenceInfo", "reference_init",
-    "reference_step", "flow_map", "inverse_flow_map", "sample_reference", "log_reference",
+    "reference_step", "reference_gaussian", "laplace", "flow_map", "inverse_flow_map", "sample_reference", "log_reference",
     "sample", "log_density", "elbo", "inversion_error", "acceptance", "MixFlow", "MixFlowKernel",
 ]
 
@@ -108,8 +108,13 @@ class FlowPoint(NamedTuple):
 
 class MixFlowParams(NamedTuple):
     loc: jax.Array        # (d,) reference mean
-    scale: jax.Array      # (d,) reference sd
-    step_size: jax.Array  # (d,) leapfrog step per coordinate
+    scale: jax.Array      # (d,) reference sd (the diagonal of scale_tril when that is given)
+    step_size: jax.Array  # (d,) leapfrog step per coordinate (of step_matrix's coordinates)
+    # full-rank reference: q0's Gaussian is N(loc, scale_tril scale_tril^T); None: mean-field
+    scale_tril: jax.Array | None = None
+    # the leapfrog runs in coordinates y with x = loc + step_matrix y (a fixed linear change of
+    # variables, volume- and energy-preserving in y); None: x's own coordinates
+    step_matrix: jax.Array | None = None
 
 
 def _point(x, rho, u, value_and_grad):
@@ -117,22 +122,28 @@ def _point(x, rho, u, value_and_grad):
     return FlowPoint(x, rho, u, log_p, grad)
 
 
-def _leapfrog(p: FlowPoint, eps, value_and_grad, direction: float) -> FlowPoint:
+def _leapfrog(p: FlowPoint, eps, matrix, value_and_grad, direction: float) -> FlowPoint:
+    # with a matrix M the dynamics run in y = M^{-1} x: grad_y = M^T grad_x, dx = M dy
     h = direction * eps
-    rho = p.rho + 0.5 * h * p.grad
-    x = p.x + h * jnp.sign(rho)
+    g = p.grad if matrix is None else p.grad @ matrix
+    rho = p.rho + 0.5 * h * g
+    dy = h * jnp.sign(rho)
+    x = p.x + (dy if matrix is None else matrix @ dy)
     log_p, grad = value_and_grad(x)
-    return FlowPoint(x, rho + 0.5 * h * grad, p.u, log_p, grad)
+    g = grad if matrix is None else grad @ matrix
+    return FlowPoint(x, rho + 0.5 * h * g, p.u, log_p, grad)
 
 
-def _leapfrogs(p: FlowPoint, eps, value_and_grad, num_leapfrog: int, direction: float) -> FlowPoint:
-    return lax.fori_loop(0, num_leapfrog, lambda _, q: _leapfrog(q, eps, value_and_grad, direction), p)
+def _leapfrogs(p: FlowPoint, params: "MixFlowParams", value_and_grad, num_leapfrog: int,
+               direction: float) -> FlowPoint:
+    return lax.fori_loop(0, num_leapfrog, lambda _, q: _leapfrog(
+        q, params.step_size, params.step_matrix, value_and_grad, direction), p)
 
 
 def flow_map(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
              num_leapfrog: int) -> tuple[FlowPoint, jax.Array]:
     """``T(p)`` and ``log |J_T(p)|``."""
-    p = _leapfrogs(p, params.step_size, value_and_grad, num_leapfrog, 1.0)
+    p = _leapfrogs(p, params, value_and_grad, num_leapfrog, 1.0)
     u = _coordinate_u(p.u, p.x.shape[-1])
     rho = laplace_icdf(jnp.mod(laplace_cdf(p.rho) + _xi(p.x, u[:-1]), 1.0))
     log_jac = log_laplace(p.rho) - log_laplace(rho)
@@ -147,7 +158,7 @@ def inverse_flow_map(p: FlowPoint, params: MixFlowParams, value_and_grad: Callab
     rho = laplace_icdf(jnp.mod(laplace_cdf(p.rho) - _xi(p.x, _coordinate_u(u, d)[:-1]), 1.0))
     log_jac = log_laplace(rho) - log_laplace(p.rho)
     p = p._replace(rho=rho, u=u)
-    p = _leapfrogs(p, params.step_size, value_and_grad, num_leapfrog, -1.0)
+    p = _leapfrogs(p, params, value_and_grad, num_leapfrog, -1.0)
     return p, log_jac
 
 
@@ -156,14 +167,18 @@ def sample_reference(rng_key, params: MixFlowParams, value_and_grad: Callable) -
     k_x, k_rho, k_u = jax.random.split(rng_key, 3)
     d = params.loc.shape[-1]
     dtype = params.loc.dtype
-    x = params.loc + params.scale * jax.random.normal(k_x, (d,), dtype)
+    noise = jax.random.normal(k_x, (d,), dtype)
+    x = params.loc + (params.scale * noise if params.scale_tril is None else params.scale_tril @ noise)
     rho = laplace_icdf(jax.random.uniform(k_rho, (d,), dtype, minval=1e-7, maxval=1 - 1e-7))
     return _point(x, rho, jax.random.uniform(k_u, (), dtype), value_and_grad)
 
 
 def log_reference(p: FlowPoint, params: MixFlowParams):
     """log q0(x, rho, u) (``u`` always lies in [0, 1), where its density is 1)."""
-    log_x = jnp.sum(dist.Normal(params.loc, params.scale).log_prob(p.x), -1)
+    if params.scale_tril is None:
+        log_x = jnp.sum(dist.Normal(params.loc, params.scale).log_prob(p.x), -1)
+    else:
+        log_x = dist.MultivariateNormal(params.loc, scale_tril=params.scale_tril).log_prob(p.x)
     return log_x + log_laplace(p.rho)
 
 
@@ -261,47 +276,124 @@ def acceptance(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable, nu
     """``min(1, exp(-Delta H))`` of one map's leapfrog trajectory from ``p``: the acceptance
     probability a Metropolis-corrected HMC with this momentum would have (the flow has none;
     it is the step-size heuristic's yardstick of how far the leapfrog is from exact)."""
-    q = _leapfrogs(p, params.step_size, value_and_grad, num_leapfrog, 1.0)
+    q = _leapfrogs(p, params, value_and_grad, num_leapfrog, 1.0)
     delta = log_target(q) - log_target(p)
     return jnp.where(jnp.isfinite(delta), jnp.exp(jnp.minimum(delta, 0.0)), 0.0)
 
 
 # ---------------------------------------------------------------------------- reference fit (core)
 class ReferenceState(NamedTuple):
-    """Mean-field Gaussian VI of the reference (reparameterised ELBO gradients, optax)."""
+    """Gaussian VI of the reference (reparameterised ELBO gradients, optax).
 
-    particles: jax.Array    # (1, d) the reference mean (named like the particle engines' field)
+    Mean-field: ``x = particles + exp(log_scale) * eps``. Full rank (``whiten`` given): the fit
+    runs in coordinates ``y`` with ``x = center + whiten @ y`` (a Laplace approximation's mode
+    and inverse-Hessian square root, fixed), where the posterior is close to ``N(0, I)`` and one
+    Adam learning rate suits every parameter: ``y = particles + B eps``, ``B`` lower-triangular
+    with diagonal ``exp(log_scale)`` and strictly lower part ``off_diag``."""
+
+    particles: jax.Array    # (1, d) the reference mean (whitened coordinates when full rank)
     log_scale: jax.Array    # (1, d)
     opt_state: optax.OptState
     rng_key: jax.Array
+    off_diag: jax.Array | None = None   # (1, d, d), used below the diagonal; None: mean-field
+    center: jax.Array | None = None     # (1, d)
+    whiten: jax.Array | None = None     # (1, d, d)
 
 
 class ReferenceInfo(NamedTuple):
-    elbo: jax.Array         # ELBO estimate of the mean-field reference at the start of the step
+    elbo: jax.Array         # ELBO estimate of the reference at the start of the step
 
 
-def reference_init(loc, scale, optimizer: optax.GradientTransformation, rng_key) -> ReferenceState:
+def _draws(params, eps, center, whiten):
+    loc, log_scale, off = params
+    if off is None:
+        return loc + eps * jnp.exp(log_scale)
+    tril = jnp.tril(off[0], -1) + jnp.diag(jnp.exp(log_scale[0]))
+    return center + (loc + eps @ tril.T) @ whiten[0].T
+
+
+def reference_gaussian(state: ReferenceState):
+    """``(loc, scale, scale_tril)`` of the fitted reference in x's coordinates
+    (``scale_tril`` None for a mean-field reference; ``scale`` its diagonal otherwise)."""
+    if state.off_diag is None:
+        return state.particles[0], jnp.exp(state.log_scale[0]), None
+    B = jnp.tril(state.off_diag[0], -1) + jnp.diag(jnp.exp(state.log_scale[0]))
+    W = state.whiten[0]
+    loc = state.center[0] + W @ state.particles[0]
+    WB = W @ B
+    tril = jnp.linalg.cholesky(WB @ WB.T)
+    return loc, jnp.diagonal(tril), tril
+
+
+def reference_init(loc, scale, optimizer: optax.GradientTransformation, rng_key,
+                   whiten=None) -> ReferenceState:
+    """Mean-field: ``loc`` and ``scale`` (per-coordinate sd). Full rank: ``whiten`` (d, d) maps
+    whitened coordinates to x (``loc`` the centre); the fit starts at ``N(loc, whiten whiten^T)``."""
     loc = jnp.atleast_2d(loc)
-    log_scale = jnp.log(jnp.broadcast_to(jnp.asarray(scale, loc.dtype), loc.shape))
-    return ReferenceState(loc, log_scale, optimizer.init((loc, log_scale)), rng_key)
+    if whiten is None:
+        log_scale = jnp.log(jnp.broadcast_to(jnp.asarray(scale, loc.dtype), loc.shape))
+        params = (loc, log_scale, None)
+        return ReferenceState(loc, log_scale, optimizer.init(params), rng_key)
+    d = loc.shape[-1]
+    y, log_b, off = jnp.zeros_like(loc), jnp.zeros_like(loc), jnp.zeros((1, d, d), loc.dtype)
+    params = (y, log_b, off)
+    return ReferenceState(y, log_b, optimizer.init(params), rng_key, off, loc,
+                          jnp.asarray(whiten, loc.dtype).reshape(1, d, d))
 
 
 def reference_step(state: ReferenceState, score_fn: Callable, optimizer, num_mc_samples: int
                    ) -> tuple[ReferenceState, ReferenceInfo]:
     rng_key, k_noise, k_batch = jax.random.split(state.rng_key, 3)
-    loc, log_scale = state.particles, state.log_scale
-    d = loc.shape[-1]
-    eps = jax.random.normal(k_noise, (num_mc_samples, d), loc.dtype)
-    scale = jnp.exp(log_scale)
-    log_p, score = score_fn(loc + scale * eps, k_batch)
-    entropy = jnp.sum(log_scale) + 0.5 * d * (1.0 + jnp.log(2 * jnp.pi))
+    d = state.particles.shape[-1]
+    eps = jax.random.normal(k_noise, (num_mc_samples, d), state.particles.dtype)
+    params = (state.particles, state.log_scale, state.off_diag)
+    log_p, score = score_fn(_draws(params, eps, state.center, state.whiten), k_batch)
+    log_det = 0.0 if state.whiten is None else jnp.linalg.slogdet(state.whiten[0])[1]
+    entropy = jnp.sum(state.log_scale) + log_det + 0.5 * d * (1.0 + jnp.log(2 * jnp.pi))
     elbo_value = jnp.mean(log_p) + entropy
-    # gradients of -ELBO: reparameterisation for the expected log density, exact entropy
-    g_loc = -jnp.mean(score, 0, keepdims=True)
-    g_log_scale = -(jnp.mean(score * eps, 0, keepdims=True) * scale + 1.0)
-    updates, opt_state = optimizer.update((g_loc, g_log_scale), state.opt_state, (loc, log_scale))
-    loc, log_scale = optax.apply_updates((loc, log_scale), updates)
-    return ReferenceState(loc, log_scale, opt_state, rng_key), ReferenceInfo(elbo_value)
+
+    # gradients of -ELBO: reparameterisation for the expected log density (the score held
+    # fixed, differentiated through the draws), exact entropy (sum of the log diagonal)
+    def surrogate(params):
+        x = _draws(params, eps, state.center, state.whiten)
+        return -jnp.mean(jnp.sum(score * x, -1)) - jnp.sum(params[1])
+
+    grads = jax.grad(surrogate)(params)
+    if state.off_diag is not None:  # only the strictly lower part is a parameter
+        grads = (grads[0], grads[1], jnp.tril(grads[2], -1))
+    updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    loc, log_scale, off = optax.apply_updates(params, updates)
+    return state._replace(particles=loc, log_scale=log_scale, opt_state=opt_state,
+                          rng_key=rng_key, off_diag=off), ReferenceInfo(elbo_value)
+
+
+def laplace(log_p: Callable, x, map_steps: int, newton_steps: int = 20):
+    """Mode and inverse-Hessian square root of ``log_p``: ``map_steps`` Adam steps from ``x``,
+    then Newton steps with a crude line search (the best of the step halved up to 9 times, or
+    none): Adam alone stalls short of the mode on ill-conditioned posteriors. Curvatures are floored (absolute values, at least 1e-6
+    of the largest), so the result is a valid Gaussian on non-log-concave targets too."""
+    from numpyro_gflow.isomix import _climb, hessian
+
+    if map_steps:
+        x = _climb(log_p, x[None], map_steps)[0]
+
+    def curvature(x):
+        h = hessian(log_p, x)
+        lam, vec = jnp.linalg.eigh(0.5 * (h + h.T))
+        return jnp.maximum(jnp.abs(lam), 1e-6 * jnp.max(jnp.abs(lam)) + 1e-30), vec
+
+    def newton(_, x):
+        # the Newton step scaled by 1, 1/2, .. 1/2^9 or 0: whichever point is highest
+        lam, vec = curvature(x)
+        direction = vec @ ((vec.T @ jax.grad(log_p)(x)) / lam)
+        t = jnp.concatenate([0.5 ** jnp.arange(10.0), jnp.zeros(1)]).astype(x.dtype)
+        points = x + t[:, None] * direction
+        values = jax.vmap(log_p)(points)
+        return points[jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))]
+
+    x = lax.fori_loop(0, newton_steps, newton, x)
+    lam, vec = curvature(x)
+    return x, (vec * lam ** -0.5) @ vec.T
 
 
 # ---------------------------------------------------------------------------- NumPyro-facing
@@ -478,8 +570,8 @@ class MixFlow(ParticleEngine):
                  reference="meanfield", step_size_rule: str = "acceptance",
                  target_accept: float = 0.9, step_size_grid=tuple(0.005 * 2 ** (k / 2) for k in range(17)),
                  num_tune_samples: int = 64, num_draws: int = 1000,
-                 reference_learning_rate: float = 0.05, reference_mc_samples: int = 8,
-                 step_scale: str = "reference", init_strategy=init_to_uniform):
+                 reference_learning_rate="auto", reference_mc_samples: int = 8,
+                 step_scale: str = "reference", map_steps: int = 200, init_strategy=init_to_uniform):
         super().__init__(model, num_particles=1, init_strategy=init_strategy)
         self.flow_length = positive_int("flow_length", flow_length)
         self.num_leapfrog = positive_int("num_leapfrog", num_leapfrog)
@@ -500,32 +592,59 @@ class MixFlow(ParticleEngine):
         self.num_tune_samples = positive_int("num_tune_samples", num_tune_samples, 2)
         self.num_draws = positive_int("num_draws", num_draws, 2)
         self.reference_mc_samples = positive_int("reference_mc_samples", reference_mc_samples)
+        self.map_steps = positive_int("map_steps", map_steps, 0)
+        if reference_learning_rate == "auto":
+            # mean-field fits run in x's own coordinates from a rough start; the full-rank fit
+            # starts at the Laplace approximation in whitened coordinates and only corrects it
+            reference_learning_rate = 0.005 if reference == "fullrank" or (
+                isinstance(reference, (tuple, list)) and len(reference) == 2
+                and not isinstance(reference[1], dict) and np.ndim(reference[1]) == 2) else 0.05
         lr = positive_float("reference_learning_rate", reference_learning_rate)
         # Adam whose rate halves every 1000 steps (down to 1 %): fast start, then the iterate
         # settles instead of jittering around the optimum
         self.optimizer = optax.adam(optax.exponential_decay(lr, 1000, 0.5, end_value=lr / 100))
         if isinstance(reference, str):
-            if reference != "meanfield":
-                raise ValueError(f"reference must be 'meanfield' or (loc, scale), got {reference!r}")
+            if reference not in ("meanfield", "fullrank"):
+                raise ValueError("reference must be 'meanfield', 'fullrank' or (loc, scale), "
+                                 f"got {reference!r}")
         elif not (isinstance(reference, (tuple, list)) and len(reference) == 2):
-            raise TypeError("reference must be 'meanfield' or a (loc, scale) pair")
+            raise TypeError("reference must be 'meanfield', 'fullrank' or a (loc, scale) pair")
         self.reference = reference
 
     # -------------------------------------------------------------- reference fit as the loop
+    def _full_rank(self) -> bool:
+        if isinstance(self.reference, str):
+            return self.reference == "fullrank"
+        scale = self.reference[1]
+        return not isinstance(scale, dict) and jnp.ndim(scale) == 2
+
     def _reference_arrays(self, bridge: ModelBridge, particles):
         if isinstance(self.reference, str):
             return particles, jnp.full(particles.shape, 0.1, particles.dtype)  # AutoNormal's init_scale
         loc, scale = (bridge.flatten(v) if isinstance(v, dict) else jnp.asarray(v, particles.dtype)
                       for v in self.reference)
-        if loc.shape != (bridge.dim,) or jnp.shape(scale) not in ((), (bridge.dim,)):
-            raise ValueError(f"reference (loc, scale) must have length {bridge.dim} (the flat "
-                             f"unconstrained dimension), got {loc.shape} and {jnp.shape(scale)}")
-        if not bool(jnp.all(jnp.isfinite(loc)) & jnp.all(scale > 0)):
-            raise ValueError("reference: loc must be finite and scale positive")
+        d = bridge.dim
+        if loc.shape != (d,) or jnp.shape(scale) not in ((), (d,), (d, d)):
+            raise ValueError(f"reference (loc, scale) must have length {d} (the flat unconstrained "
+                             f"dimension; scale may also be a ({d}, {d}) Cholesky factor), got "
+                             f"{loc.shape} and {jnp.shape(scale)}")
+        diag = jnp.diagonal(scale) if jnp.ndim(scale) == 2 else scale
+        if not bool(jnp.all(jnp.isfinite(loc)) & jnp.all(diag > 0) & jnp.all(jnp.isfinite(scale))):
+            raise ValueError("reference: loc must be finite and scale positive (a Cholesky "
+                             "factor: positive diagonal)")
+        if jnp.ndim(scale) == 2:
+            return loc[None], jnp.tril(scale)
         return loc[None], jnp.broadcast_to(scale, loc.shape)[None]
 
     def _core_init(self, particles, rng_key, target: Target):
         loc, scale = self._reference_arrays(target.bridge, particles)
+        if self.reference == "fullrank":
+            args, kwargs = target.model_args, target.model_kwargs
+            log_p = lambda z: target.bridge.log_density(z, args, kwargs)  # noqa: E731
+            center, whiten = laplace(log_p, loc[0], self.map_steps)
+            return reference_init(center, None, self.optimizer, rng_key, whiten=whiten)
+        if self._full_rank():
+            return reference_init(loc, None, self.optimizer, rng_key, whiten=scale)
         return reference_init(loc, scale, self.optimizer, rng_key)
 
     def _core_step(self, state, score_fn):
@@ -534,9 +653,14 @@ class MixFlow(ParticleEngine):
     # -------------------------------------------------------------- the flow on the fit
     def _result(self, state, info, bridge, args, kwargs, rng_key) -> InferenceResult:
         target, dynamic = _split(bridge, args, kwargs)
-        loc, scale = state.particles[0], jnp.exp(state.log_scale[0])
-        unit = scale if self.step_scale == "reference" else jnp.ones_like(scale)
-        params = MixFlowParams(loc, scale, unit)      # step_size = the unit, during tuning
+        loc, scale, tril = reference_gaussian(state)
+        if self.step_scale == "reference":
+            # steps in units of the reference: per-coordinate sd, or (full rank) whitened
+            # coordinates y = L^-1 (x - loc), where q0 is a standard normal
+            unit, matrix = (scale, None) if tril is None else (jnp.ones_like(scale), tril)
+        else:
+            unit, matrix = jnp.ones_like(scale), None
+        params = MixFlowParams(loc, scale, unit, tril, matrix)  # step_size = the unit, during tuning
         k_tune, k_elbo, k_draw, k_inv = jax.random.split(jax.random.fold_in(rng_key, 7), 4)
         stats = {}
         if self.step_size == "auto":
