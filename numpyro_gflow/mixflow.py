@@ -32,6 +32,11 @@ in units of the posterior's scale make one ``step_size`` fit every coordinate. T
 ``dx_i/dt = eps_i sign(rho_i)``, ``drho_i/dt = eps_i d_i log pi`` conserve the Hamiltonian and
 volume, so the exact flow preserves the augmented target; the leapfrog discretisation does
 only approximately (that is the "uncorrected" in the name).
+
+With ``reference="fullrank"`` (an extension: the paper's reference is mean-field) ``q0``'s
+Gaussian is ``N(loc, L L^T)`` and the leapfrog runs in the whitened coordinates
+``y = L^-1 (x - loc)`` (``grad_y = L^T grad_x``, ``dx = L dy``): a fixed linear change of
+variables, so the map is the paper's map on the whitened target.
 """
 
 from __future__ import annotations
@@ -534,9 +539,24 @@ class MixFlow(ParticleEngine):
             (reparameterised ELBO gradients, Adam from ``reference_learning_rate`` halving every
             1000 steps, ``reference_mc_samples`` draws per step, for ``num_steps`` steps of
             ``run``; the mean starts at ``init_strategy``'s point, the sd at 0.1), as the authors
-            do (they run 50,000-100,000 steps; 2,000-5,000 suffice on their 2-d targets); or ``(loc, scale)``: flat unconstrained arrays (length ``d``) or dicts
-            site -> unconstrained array, the starting point of that fit (``run(key, 0, ...)``
-            keeps it as given).
+            do (they run 50,000-100,000 steps; 2,000-5,000 suffice on their 2-d targets).
+            ``"fullrank"``: ``q0``'s Gaussian has a full covariance: the Laplace approximation
+            (``map_steps`` Adam steps from ``init_strategy``'s point, then Newton steps; the
+            inverse Hessian's square root ``W``), refined by full-rank Gaussian VI in the
+            whitened coordinates ``y = W^-1 (x - mode)`` (learning rate 0.005 there). With
+            ``step_scale="reference"`` the leapfrog runs in the reference's whitened
+            coordinates too (``x = loc + L y``, ``L`` its Cholesky factor): a fixed linear change
+            of variables, so volume and the Hamiltonian are preserved as before. O(d^2) per
+            leapfrog step and d Hessian-vector products per Newton step, for correlated
+            posteriors of moderate ``d`` (on diabetes regression, d = 12, the mean-field MixFlow's
+            ELBO was 1.4 nats below the exact evidence, the full-rank one 0.015; docs).
+            Or ``(loc, scale)``: flat unconstrained arrays (length ``d``) or dicts site ->
+            unconstrained array, the starting point of the mean-field fit; ``scale`` a ``(d, d)``
+            lower-triangular Cholesky factor starts a full-rank fit there (no Laplace step).
+            ``run(key, 0, ...)`` keeps a given reference as given.
+        map_steps: Adam steps of the ``"fullrank"`` reference's mode search (default 200).
+        reference_learning_rate: the reference fit's Adam rate (``"auto"``: 0.05 mean-field,
+            0.005 full rank).
         step_size_grid: the candidates of ``"auto"`` (default: 0.005 to 1.28, factors of sqrt 2).
         num_tune_samples: draws of ``z0`` per candidate step size (the same for all).
         num_draws: draws made at the end of the run (``result.get_samples()``), and of the
@@ -593,16 +613,6 @@ class MixFlow(ParticleEngine):
         self.num_draws = positive_int("num_draws", num_draws, 2)
         self.reference_mc_samples = positive_int("reference_mc_samples", reference_mc_samples)
         self.map_steps = positive_int("map_steps", map_steps, 0)
-        if reference_learning_rate == "auto":
-            # mean-field fits run in x's own coordinates from a rough start; the full-rank fit
-            # starts at the Laplace approximation in whitened coordinates and only corrects it
-            reference_learning_rate = 0.005 if reference == "fullrank" or (
-                isinstance(reference, (tuple, list)) and len(reference) == 2
-                and not isinstance(reference[1], dict) and np.ndim(reference[1]) == 2) else 0.05
-        lr = positive_float("reference_learning_rate", reference_learning_rate)
-        # Adam whose rate halves every 1000 steps (down to 1 %): fast start, then the iterate
-        # settles instead of jittering around the optimum
-        self.optimizer = optax.adam(optax.exponential_decay(lr, 1000, 0.5, end_value=lr / 100))
         if isinstance(reference, str):
             if reference not in ("meanfield", "fullrank"):
                 raise ValueError("reference must be 'meanfield', 'fullrank' or (loc, scale), "
@@ -610,6 +620,16 @@ class MixFlow(ParticleEngine):
         elif not (isinstance(reference, (tuple, list)) and len(reference) == 2):
             raise TypeError("reference must be 'meanfield', 'fullrank' or a (loc, scale) pair")
         self.reference = reference
+        # Adam whose rate halves every 1000 steps (down to 1 %): fast start, then the iterate
+        # settles instead of jittering around the optimum. The full-rank fit runs in whitened
+        # coordinates from the Laplace fit and only corrects it: a smaller rate, halving every
+        # 200 steps (gradient noise at a constant rate walks it away from a good start)
+        full = self._full_rank()
+        if reference_learning_rate == "auto":
+            reference_learning_rate = 0.005 if full else 0.05
+        lr = positive_float("reference_learning_rate", reference_learning_rate)
+        self.optimizer = optax.adam(optax.exponential_decay(lr, 200 if full else 1000, 0.5,
+                                                            end_value=lr / 100))
 
     # -------------------------------------------------------------- reference fit as the loop
     def _full_rank(self) -> bool:
