@@ -136,7 +136,7 @@ class InferenceResult:
         Groups: ``posterior`` (dims ``chain`` = 1, ``draw`` = points), ``log_likelihood`` (so
         ``az.loo`` works), ``observed_data``, ``sample_stats`` (``lp``: each point's log
         density) and ``trace`` (dim ``step``: the per-step objective and the engine's other
-        per-step numbers).
+        per-step numbers; its attributes hold the engine's scalar end-of-run ``stats``, if any).
         """
         import xarray as xr
         from arviz_base import from_dict
@@ -154,7 +154,10 @@ class InferenceResult:
         dt["trace"] = xr.DataTree(xr.Dataset(
             {k: (("step",), np.asarray(v)) for k, v in self.trace.items()},
             coords={"step": np.arange(1, len(next(iter(self.trace.values()), [])) + 1)},
-            attrs={"engine": self.engine, "objective": self.objective or ""},
+            attrs={"engine": self.engine, "objective": self.objective or "",
+                   # an engine's end-of-run numbers (MixFlow: ELBO, step size, inversion error)
+                   **{k: v for k, v in getattr(self, "stats", {}).items()
+                      if isinstance(v, (int, float, str))}},
         ))
         dt.attrs["inference_library"] = "numpyro_gflow"
         dt.attrs["engine"] = self.engine
