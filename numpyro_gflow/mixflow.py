@@ -325,8 +325,7 @@ def reference_gaussian(state: ReferenceState):
     B = jnp.tril(state.off_diag[0], -1) + jnp.diag(jnp.exp(state.log_scale[0]))
     W = state.whiten[0]
     loc = state.center[0] + W @ state.particles[0]
-    WB = W @ B
-    tril = jnp.linalg.cholesky(WB @ WB.T)
+    tril = _lower_factor(W @ B)
     return loc, jnp.diagonal(tril), tril
 
 
@@ -392,13 +391,22 @@ def laplace(log_p: Callable, x, map_steps: int, newton_steps: int = 20):
         lam, vec = curvature(x)
         direction = vec @ ((vec.T @ jax.grad(log_p)(x)) / lam)
         t = jnp.concatenate([0.5 ** jnp.arange(10.0), jnp.zeros(1)]).astype(x.dtype)
-        points = x + t[:, None] * direction
+        # t = 0 is x itself even where the direction is not finite
+        points = x + jnp.where(t[:, None] > 0, t[:, None] * direction, 0.0)
         values = jax.vmap(log_p)(points)
         return points[jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))]
 
     x = lax.fori_loop(0, newton_steps, newton, x)
     lam, vec = curvature(x)
     return x, (vec * lam ** -0.5) @ vec.T
+
+
+def _lower_factor(a):
+    """Lower-triangular L with positive diagonal and L L^T = a a^T, by QR of a^T (no Cholesky of
+    the product, which squares the condition number: float32 fails near 1e7)."""
+    _, r = jnp.linalg.qr(a.T)
+    sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(a.dtype)
+    return (r * sign[:, None]).T
 
 
 # ---------------------------------------------------------------------------- NumPyro-facing
@@ -653,7 +661,11 @@ class MixFlow(ParticleEngine):
             raise ValueError("reference: loc must be finite and scale positive (a Cholesky "
                              "factor: positive diagonal)")
         if jnp.ndim(scale) == 2:
-            return loc[None], jnp.tril(scale)
+            if bool(jnp.any(jnp.triu(scale, 1) != 0)):
+                raise ValueError("reference: a (d, d) scale must be a lower-triangular Cholesky "
+                                 "factor (e.g. jnp.linalg.cholesky(cov)), got nonzeros above "
+                                 "the diagonal")
+            return loc[None], scale
         return loc[None], jnp.broadcast_to(scale, loc.shape)[None]
 
     def _core_init(self, particles, rng_key, target: Target):
@@ -674,6 +686,11 @@ class MixFlow(ParticleEngine):
     def _result(self, state, info, bridge, args, kwargs, rng_key) -> InferenceResult:
         target, dynamic = _split(bridge, args, kwargs)
         loc, scale, tril = reference_gaussian(state)
+        if not all(bool(jnp.all(jnp.isfinite(a))) for a in (loc, scale) + ((tril,) if tril is not None else ())):
+            raise FloatingPointError(
+                f"MixFlow: the {'full-rank' if tril is not None else 'mean-field'} reference fit is "
+                "not finite (the model's density or its gradient is NaN/inf along the fit, or the "
+                "Laplace mode search failed); check the model, or give reference=(loc, scale)")
         if self.step_scale == "reference":
             # steps in units of the reference: per-coordinate sd, or (full rank) whitened
             # coordinates y = L^-1 (x - loc), where q0 is a standard normal

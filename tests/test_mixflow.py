@@ -67,6 +67,26 @@ def test_flow_map_inverse_and_log_jacobian(params):
     assert abs(float(log_jac)) > 1e-2  # the check is not vacuous: the refresh changes volume
 
 
+def test_whitened_leapfrog_is_the_leapfrog_of_the_whitened_target():
+    # with step_matrix L the leapfrog in x must equal the plain leapfrog of y -> log pi(loc + L y)
+    # (a wrong force transform would still be volume-preserving and invertible)
+    loc, L = PARAMS_FULL.loc, PARAMS_FULL.step_matrix
+
+    def vg_y(y):
+        value, grad = _banana_vg(loc + L @ y)
+        return value, grad @ L
+
+    p = mf.sample_reference(jax.random.key(3), PARAMS_FULL, _banana_vg)
+    y = jnp.linalg.solve(L, p.x - loc)
+    q = mf._leapfrogs(p, PARAMS_FULL, _banana_vg, 7, 1.0)
+    q_y = mf._leapfrogs(mf._point(y, p.rho, p.u, vg_y), PARAMS_FULL._replace(step_matrix=None,
+                                                                             scale_tril=None),
+                        vg_y, 7, 1.0)
+    np.testing.assert_allclose(q.x, loc + L @ q_y.x, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(q.rho, q_y.rho, rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(q.x - p.x))) > 0.1  # it moved
+
+
 def test_laplace_finds_mode_and_covariance_of_a_gaussian():
     # Adam stalls short of the mode of an ill-conditioned target; the Newton finish lands on it
     corr = jnp.array([[1.0, 0.95, 0.3], [0.95, 1.0, 0.4], [0.3, 0.4, 1.0]])
@@ -99,6 +119,8 @@ def test_fullrank_reference_on_a_correlated_gaussian():
     assert p.step_matrix is p.scale_tril or np.allclose(p.step_matrix, p.scale_tril)
     np.testing.assert_allclose(p.step_size, [0.05] * 3)
     assert -0.03 < s["reference_elbo"] < 0.02 and -0.05 < s["elbo"] < 0.02, s
+    # the fit's own ELBO trace counts the whitening's log-determinant (log Z = 0 here)
+    assert abs(float(np.mean(res.trace["elbo"]))) < 0.05, float(np.mean(res.trace["elbo"]))
     draws = res.get_samples()["x"]
     np.testing.assert_allclose(np.cov(np.asarray(draws).T), cov, rtol=0.15, atol=0.05)
     # a given Cholesky factor is a full-rank start, kept with zero steps
@@ -107,6 +129,9 @@ def test_fullrank_reference_on_a_correlated_gaussian():
         jax.random.key(0), 0, progress_bar=False)
     np.testing.assert_allclose(given.flow.params.scale_tril, jnp.linalg.cholesky(cov), rtol=1e-5)
     np.testing.assert_allclose(given.flow.params.loc, jnp.ones(3))
+    with pytest.raises(ValueError, match="lower-triangular"):
+        gf.MixFlow(model, reference=(jnp.ones(3), jnp.linalg.cholesky(cov).T)).run(
+            jax.random.key(0), 0, progress_bar=False)
 
 
 def test_float64_inversion_on_10d_target():
@@ -306,3 +331,8 @@ def test_real_data_regression_means_match_nuts():
     assert log_z - full.stats["elbo"] < 0.1, (log_z, full.stats)
     assert full.stats["elbo"] < log_z + 4 * full.stats["elbo_se"]  # a lower bound, within noise
     assert worst(full.get_samples()) < 0.1
+    # the VI refinement improves on its Laplace start (measured KL 0.090 +- 0.014 for the
+    # Laplace approximation alone, 0.015 after the 1000 steps)
+    laplace_only = gf.MixFlow(model, flow_length=2, num_leapfrog=1, step_size=0.01,
+                              reference="fullrank").run(jax.random.key(1), 0, X, y, progress_bar=False)
+    assert full.stats["reference_elbo"] > laplace_only.stats["reference_elbo"] + 0.03
