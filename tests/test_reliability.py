@@ -146,8 +146,14 @@ def test_keyboard_interrupt_returns_the_state_reached():
         finally:
             timer.cancel()
 
-    interrupted_run(5.0)   # compiles the chunk
-    res = interrupted_run(0.8)
+    # a process started in the background by a non-interactive shell ignores SIGINT, and
+    # Python then installs no handler: install the default one (KeyboardInterrupt) here
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        interrupted_run(5.0)   # compiles the chunk
+        res = interrupted_run(0.8)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert res.status.startswith("interrupted after step"), res.status
     assert res.num_steps < total and res.num_steps % (total // 10) == 0
     if res.num_steps:
