@@ -150,7 +150,7 @@ def test_keyboard_interrupt_returns_the_state_reached():
     # Python then installs no handler: install the default one (KeyboardInterrupt) here
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        interrupted_run(5.0)   # compiles the chunk
+        interrupted_run(2.0)   # compiles the chunk (an interrupt while compiling also works)
         res = interrupted_run(0.8)
     finally:
         signal.signal(signal.SIGINT, previous)
