@@ -69,6 +69,8 @@ __all__ = [
 
 #: the irrational shift of the auxiliary variable per flow map (the authors' pi / 16)
 U_SHIFT = math.pi / 16
+#: Newton steps that finish the full-rank reference's mode search (``laplace``)
+NEWTON_STEPS = 20
 _LOG2 = math.log(2.0)
 
 
@@ -371,7 +373,7 @@ def reference_step(state: ReferenceState, score_fn: Callable, optimizer, num_mc_
                           rng_key=rng_key, off_diag=off), ReferenceInfo(elbo_value)
 
 
-def laplace(log_p: Callable, x, map_steps: int, newton_steps: int = 20):
+def laplace(log_p: Callable, x, map_steps: int, newton_steps: int = NEWTON_STEPS):
     """Mode and inverse-Hessian square root of ``log_p``: ``map_steps`` Adam steps from ``x``,
     then Newton steps with a crude line search (the best of the step halved up to 9 times, or
     none): Adam alone stalls short of the mode on ill-conditioned posteriors. Curvatures are floored (absolute values, at least 1e-6
@@ -733,7 +735,7 @@ class MixFlow(ParticleEngine):
                      reference_elbo=float(ref_value), reference_elbo_se=float(ref_se),
                      inversion_error=float(jnp.max(flow.inversion_error(k_inv, self.flow_length, 8))))
         draws = flow.sample(k_draw, self.num_draws)
-        stats["grad_evals"] = self._grad_evals(len(info.elbo), num_elbo)
+        stats["grad_evals"] = self._grad_evals(len(info.elbo), num_elbo, loc.shape[0])
         result = InferenceResult(
             type(self).__name__, bridge, args, kwargs, draws.x, info._asdict(), state=state,
             objective=self.objective, sampler=lambda key, n: flow.sample(key, n).x,
@@ -746,13 +748,17 @@ class MixFlow(ParticleEngine):
         return result
 
 
-    def _grad_evals(self, num_steps: int, num_elbo: int) -> int:
+    def _grad_evals(self, num_steps: int, num_elbo: int, dim: int) -> int:
         """Model-gradient evaluations of one ``run`` (a leapfrog step is one; maps reuse the
-        last gradient): reference fit, step-size tuning, ELBO estimates, inversion check, and
-        the draws (on average ``(N - 1) / 2`` maps each)."""
+        last gradient): reference fit (with ``"fullrank"``: also the Laplace step, a
+        Hessian-vector product counted as 2, a line-search density value as 1), step-size
+        tuning, ELBO estimates, inversion check, and the draws (on average ``(N - 1) / 2`` maps
+        each)."""
         N, L = self.flow_length, self.num_leapfrog
         trajectory = (2 * N - 1) * L + 1
         total = num_steps * self.reference_mc_samples
+        if self.reference == "fullrank":
+            total += self.map_steps + NEWTON_STEPS * (2 * dim + 1 + 11) + 2 * dim
         if self.step_size == "auto":
             per = trajectory if self.step_size_rule == "elbo" else L + 1
             total += len(self.step_size_grid) * self.num_tune_samples * per
