@@ -340,3 +340,17 @@ def test_real_data_regression_means_match_nuts():
     z = laplace_q.sample(jax.random.key(5), (4000,))
     laplace_elbo = float(jnp.mean(log_p(z) - laplace_q.log_prob(z)))
     assert full.stats["reference_elbo"] > laplace_elbo + 0.03, (laplace_elbo, full.stats)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cross", "funnel", "warped_gaussian"])
+def test_paper_targets_energy_distance_within_1_5_nuts(name):
+    # issue criterion on the paper's other 2-d targets (the banana is in the default run:
+    # test_acceptance_rule_gives_posterior_draws): energy distance to exact draws at most 1.5x
+    # that of as many NUTS draws. Measured here (N = 300, 1000 draws): ratios 0.07 (cross),
+    # 0.18 (funnel), 0.05 (warped Gaussian); benchmarks/MIXFLOW_TARGETS.md (N = 1000, 2000
+    # draws): 0.03, 0.21, 0.07. Slow (20 s for the three): `make test-slow`.
+    from benchmarks.mixflow_targets import run_target
+
+    row = run_target(name, draws=1000, flow_length=300, reference_steps=3000)
+    assert row["ed_mixflow"] <= 1.5 * row["ed_nuts"], row
