@@ -367,9 +367,7 @@ class IsoGaussianMixtureVI(ParticleEngine):
                 raise ValueError(f"preconditioner has shape {p.shape}, expected ({d},) or ({d}, {d})")
             return jnp.diag(p) if p.ndim == 1 else p
         center = particles[jnp.argmax(jax.vmap(log_p)(particles))]
-        hess = hessian(log_p, center)
-        lam, vec = jnp.linalg.eigh(0.5 * (hess + hess.T))
-        lam = jnp.maximum(jnp.abs(lam), 1e-6 * jnp.max(jnp.abs(lam)) + 1e-30)
+        lam, vec = floored_curvature(log_p, center)
         return (vec * lam ** -0.5) @ vec.T
 
     def _core_step(self, state, score_fn):
@@ -424,6 +422,15 @@ def hessian(log_p, x):
     """Dense Hessian of -log p at x from d Hessian-vector products (forward over reverse)."""
     hvp = lambda v: jax.jvp(jax.grad(lambda y: -log_p(y)), (x,), (v,))[1]  # noqa: E731
     return jax.vmap(hvp)(jnp.eye(x.shape[0], dtype=x.dtype))
+
+
+def floored_curvature(log_p, x):
+    """Eigen-decomposition ``(lam, vec)`` of the Hessian of -log p at x with each eigenvalue
+    replaced by its absolute value, floored at 1e-6 of the largest: a valid precision matrix
+    ``vec diag(lam) vec^T`` also where log p is not concave (its H^{-1/2} whitens)."""
+    h = hessian(log_p, x)
+    lam, vec = jnp.linalg.eigh(0.5 * (h + h.T))
+    return jnp.maximum(jnp.abs(lam), 1e-6 * jnp.max(jnp.abs(lam)) + 1e-30), vec
 
 
 def _curvature(log_p, z, rng_key, iterations: int = 30):

@@ -63,7 +63,8 @@ from numpyro_gflow.result import InferenceResult, latent_guide
 
 __all__ = [
     "FlowPoint", "MixFlowParams", "ReferenceState", "ReferenceInfo", "reference_init",
-    "reference_step", "reference_gaussian", "laplace", "flow_map", "inverse_flow_map", "sample_reference", "log_reference",
+    "reference_step", "reference_gaussian", "laplace", "flow_map", "inverse_flow_map",
+    "sample_reference", "log_reference",
     "sample", "log_density", "elbo", "inversion_error", "acceptance", "MixFlow", "MixFlowKernel",
 ]
 
@@ -311,12 +312,17 @@ class ReferenceInfo(NamedTuple):
     elbo: jax.Array         # ELBO estimate of the reference at the start of the step
 
 
+def _factor(log_scale, off_diag):
+    """The full-rank fit's B (whitened coordinates): lower-triangular, diagonal exp(log_scale);
+    only the strictly lower part of ``off_diag`` is used (so only it gets gradients)."""
+    return jnp.tril(off_diag[0], -1) + jnp.diag(jnp.exp(log_scale[0]))
+
+
 def _draws(params, eps, center, whiten):
     loc, log_scale, off = params
     if off is None:
         return loc + eps * jnp.exp(log_scale)
-    tril = jnp.tril(off[0], -1) + jnp.diag(jnp.exp(log_scale[0]))
-    return center + (loc + eps @ tril.T) @ whiten[0].T
+    return center + (loc + eps @ _factor(log_scale, off).T) @ whiten[0].T
 
 
 def reference_gaussian(state: ReferenceState):
@@ -324,10 +330,9 @@ def reference_gaussian(state: ReferenceState):
     (``scale_tril`` None for a mean-field reference; ``scale`` its diagonal otherwise)."""
     if state.off_diag is None:
         return state.particles[0], jnp.exp(state.log_scale[0]), None
-    B = jnp.tril(state.off_diag[0], -1) + jnp.diag(jnp.exp(state.log_scale[0]))
     W = state.whiten[0]
     loc = state.center[0] + W @ state.particles[0]
-    tril = _lower_factor(W @ B)
+    tril = _lower_factor(W @ _factor(state.log_scale, state.off_diag))
     return loc, jnp.diagonal(tril), tril
 
 
@@ -365,8 +370,6 @@ def reference_step(state: ReferenceState, score_fn: Callable, optimizer, num_mc_
         return -jnp.mean(jnp.sum(score * x, -1)) - jnp.sum(params[1])
 
     grads = jax.grad(surrogate)(params)
-    if state.off_diag is not None:  # only the strictly lower part is a parameter
-        grads = (grads[0], grads[1], jnp.tril(grads[2], -1))
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
     loc, log_scale, off = optax.apply_updates(params, updates)
     return state._replace(particles=loc, log_scale=log_scale, opt_state=opt_state,
@@ -376,21 +379,17 @@ def reference_step(state: ReferenceState, score_fn: Callable, optimizer, num_mc_
 def laplace(log_p: Callable, x, map_steps: int, newton_steps: int = NEWTON_STEPS):
     """Mode and inverse-Hessian square root of ``log_p``: ``map_steps`` Adam steps from ``x``,
     then Newton steps with a crude line search (the best of the step halved up to 9 times, or
-    none): Adam alone stalls short of the mode on ill-conditioned posteriors. Curvatures are floored (absolute values, at least 1e-6
-    of the largest), so the result is a valid Gaussian on non-log-concave targets too."""
-    from numpyro_gflow.isomix import _climb, hessian
+    none): Adam alone stalls short of the mode on ill-conditioned posteriors. Curvatures are
+    floored (``isomix.floored_curvature``), so the result is a valid Gaussian on
+    non-log-concave targets too."""
+    from numpyro_gflow.isomix import _climb, floored_curvature
 
     if map_steps:
         x = _climb(log_p, x[None], map_steps)[0]
 
-    def curvature(x):
-        h = hessian(log_p, x)
-        lam, vec = jnp.linalg.eigh(0.5 * (h + h.T))
-        return jnp.maximum(jnp.abs(lam), 1e-6 * jnp.max(jnp.abs(lam)) + 1e-30), vec
-
     def newton(_, x):
         # the Newton step scaled by 1, 1/2, .. 1/2^9 or 0: whichever point is highest
-        lam, vec = curvature(x)
+        lam, vec = floored_curvature(log_p, x)
         direction = vec @ ((vec.T @ jax.grad(log_p)(x)) / lam)
         t = jnp.concatenate([0.5 ** jnp.arange(10.0), jnp.zeros(1)]).astype(x.dtype)
         # t = 0 is x itself even where the direction is not finite
@@ -399,7 +398,7 @@ def laplace(log_p: Callable, x, map_steps: int, newton_steps: int = NEWTON_STEPS
         return points[jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))]
 
     x = lax.fori_loop(0, newton_steps, newton, x)
-    lam, vec = curvature(x)
+    lam, vec = floored_curvature(log_p, x)
     return x, (vec * lam ** -0.5) @ vec.T
 
 
