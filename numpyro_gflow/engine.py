@@ -356,7 +356,7 @@ class ParticleEngine(MCMCKernel):
                 interrupted = True
             if progress_bar:
                 jax.effects_barrier()
-                bar.finish()
+                bar.finish(done if failed_at == 0 else failed_at - 1)
         if infos:
             info = jax.tree.map(lambda *xs: jnp.concatenate(xs)[:done], *infos)
         else:  # interrupted before the first chunk finished, or num_steps == 0

@@ -64,12 +64,15 @@ class ProgressBar:
             _NAMES[self.id] = self.description
         return jnp.asarray(self.id, jnp.int32)
 
-    def finish(self):
+    def finish(self, steps_done: int | None = None):
+        """Show the bar at ``steps_done`` (default: all steps; less for a stopped run)."""
         bar = _BARS.get(self.id)
         if bar is not None:
             _NAMES.pop(self.id, None)
             bar.set_description(self.description, refresh=False)
-            bar.update(self.num_steps - bar.n)
+            done = self.num_steps if steps_done is None else steps_done
+            if done > bar.n:
+                bar.update(done - bar.n)
 
     def __exit__(self, *exc):
         bar = _BARS.pop(self.id, None)
