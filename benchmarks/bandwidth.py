@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from numpyro_gflow import svgd
-from numpyro_gflow.kernels import RBFKernel, median_heuristic, pairwise_sq_dists
+from numpyro_gflow.core import svgd
+from numpyro_gflow.core.kernels import RBFKernel, median_heuristic, pairwise_sq_dists
 
 
 def _time(f, *args, repeat=100):

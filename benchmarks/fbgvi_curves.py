@@ -12,7 +12,7 @@ Methods (``float32``, CPU), all started from the engine's own initial state (``F
 by 200 Adam steps, isotropic covariance ``(d / tr H) I``, ``beta`` and ``alpha`` by power
 iteration), with step ``h = c / beta`` for ``c`` in ``H_MULTS``:
 
-* ``FB-GVI`` -- ``numpyro_gflow.fbgvi.step`` (the engine's pure step; the script checks that its
+* ``FB-GVI`` -- ``numpyro_gflow.core.fbgvi.step`` (the engine's pure step; the script checks that its
   loop reproduces ``FBGVI.run``);
 * ``BW-SGD`` -- Lambert et al. (2022): the forward step alone with the entropy's gradient
   explicit, ``m <- m - h E[grad V]``, ``S <- M S M``, ``M = I - h (E[grad^2 V] - S^{-1})``
@@ -66,7 +66,7 @@ from numpyro.infer.autoguide import AutoMultivariateNormal  # noqa: E402
 from numpyro.infer.util import potential_energy  # noqa: E402
 
 import numpyro_gflow as gf  # noqa: E402
-from numpyro_gflow import fbgvi  # noqa: E402
+from numpyro_gflow.core import fbgvi  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data" / "breast_cancer.csv"
@@ -81,7 +81,7 @@ NUM_SVI_SEEDS = 4
 NUM_ELBO_DET = 10_000
 NUM_ELBO_STOCH = 1000
 MAP_STEPS = 200                 # FBGVI's default
-POWER_ITERATIONS = (30, 100)    # numpyro_gflow.isomix._curvature / smallest_curvature defaults
+POWER_ITERATIONS = (30, 100)    # numpyro_gflow.core.numerics.curvature / smallest_curvature defaults
 
 
 # ---------------------------------------------------------------------------- data, model
@@ -481,7 +481,7 @@ weights: d = {d}, strongly log-concave, not Gaussian. Common start for every GVI
 (h0 = 1/beta = {h:.4g}), alpha = {alpha:.4g} (beta / alpha = {1 / (h * alpha):.0f}),
 covariance (d / tr H) I; init {t_init:.1f} s.
 
-**Methods.** `FB-GVI`: the engine's pure step `numpyro_gflow.fbgvi.step` (the script's loop
+**Methods.** `FB-GVI`: the engine's pure step `numpyro_gflow.core.fbgvi.step` (the script's loop
 matches `FBGVI.run`: max relative covariance difference {diff:.0e} after 20 steps). `BW-SGD`:
 Lambert et al. (2022), `m <- m - h E[grad V]`, `S <- M S M`, `M = I - h (E[grad^2 V] - S^-1)`,
 with the same draws, random stream, Hessian estimator and step schedule; only the entropy step

@@ -9,7 +9,7 @@ square root of the largest eigenvalue of X^T X (so grad^2 V <= X^T X / 4 has nor
 - y_i x_i.theta. Both methods start at N(0, I), take ONE draw per step (gradient and exact
 Hessian at theta ~ q_k) and a constant step eta = 1600 / iterations for iterations 200, 1600,
 4000 (eta = 8, 1, 0.4; the notebook does not tie eta to beta: with beta <= 1/4 the paper's bound
-h <= 1/beta is at least 4, so eta = 8 is at least twice it and the others are within). FB-GVI: ``numpyro_gflow.fbgvi.step`` (stochastic draws, the decreasing schedule switched
+h <= 1/beta is at least 4, so eta = 8 is at least twice it and the others are within). FB-GVI: ``numpyro_gflow.core.fbgvi.step`` (stochastic draws, the decreasing schedule switched
 off by alpha -> 0); BW-SGD (Lambert et al. 2022): ``benchmarks.fbgvi_curves.bw_sgd_step``, the
 same step with the entropy's gradient explicit and no JKO step. Plotted, as in the notebook:
 F(q_k) = E_q[V] - H(q) (KL(q || pi) up to log Z) from 1000 fresh draws, against time eta x k.
@@ -36,7 +36,7 @@ import numpy as np
 from jax import lax
 
 from benchmarks.fbgvi_curves import bw_sgd_step
-from numpyro_gflow import fbgvi
+from numpyro_gflow.core import fbgvi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 D, N = 10, 20

@@ -1,5 +1,5 @@
 """The Gaussian-target experiment of Diao, Balasubramanian, Chewi & Salim (ICML 2023), rerun with
-this package's FB-GVI step (``numpyro_gflow.fbgvi.step``) against BW-SGD (Lambert et al. 2022;
+this package's FB-GVI step (``numpyro_gflow.core.fbgvi.step``) against BW-SGD (Lambert et al. 2022;
 ``bw_sgd_step`` from ``benchmarks/fbgvi_curves.py``).
 
     python -m benchmarks.fbgvi_paper [--no-plot]
@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
 from benchmarks.fbgvi_curves import bw_sgd_step  # noqa: E402
-from numpyro_gflow import fbgvi  # noqa: E402
+from numpyro_gflow.core import fbgvi  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PLOT = HERE / "fbgvi_paper.png"

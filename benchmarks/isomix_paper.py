@@ -1,5 +1,5 @@
 """The 2-d bimodal experiment of Petit-Talamon, Lambert & Korba (NeurIPS 2025), rerun with
-``numpyro_gflow.isomix``; writes benchmarks/ISOMIX_PAPER.md.
+``numpyro_gflow.core.isomix``; writes benchmarks/ISOMIX_PAPER.md.
 
 Setting (the one of the authors' public script, marc-h-lambert/GaussianParticles,
 MainGaussianParticles.py, test "GaussianParticles_UniformPrior", read for its settings only):
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from numpyro_gflow import isomix
+from numpyro_gflow.core import isomix
 
 OUT = Path(__file__).resolve().parent / "ISOMIX_PAPER.md"
 

@@ -14,7 +14,7 @@ Engines (``--engines``, names as in the tables; case-insensitive):
 * ``SteinVI``: NumPyro's ``numpyro.contrib.einstein.SteinVI`` with an ``AutoDelta`` guide and
   an RBF kernel, i.e. plain SVGD (what ``numpyro.contrib.einstein.SVGD`` builds), with the
   same particles, steps, initialisation (uniform in (-2, 2), unconstrained) and optimizer
-  (``numpyro_gflow.optim.svgd_adagrad`` with the same step size) as our SVGD;
+  (``numpyro_gflow.core.optim.svgd_adagrad`` with the same step size) as our SVGD;
 * ``NUTS``: NumPyro NUTS, one chain;
 * ``SVI-AutoNormal`` / ``SVI-AutoMVN``: NumPyro SVI, ``Trace_ELBO`` with one particle, Adam.
 

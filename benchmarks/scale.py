@@ -23,7 +23,7 @@ Sections:
   ``SVGD-streamed``: batches of 1,000 rows streamed from host memory (``gf.StreamedData``, the
   data never on the device as a whole).
 * **overhead**: ``gf.SVGD(...).run`` against a hand-written ``jax.jit`` + ``lax.scan`` loop of
-  ``numpyro_gflow.svgd.step`` on the bridge's score function (same kernel, optimizer, info).
+  ``numpyro_gflow.core.svgd.step`` on the bridge's score function (same kernel, optimizer, info).
 * **rff**: error of the random-feature SVGD direction against the exact one vs M, time of one
   direction vs n, and the effect on a converged SVGD run (fixed vs redrawn features).
 
@@ -130,7 +130,7 @@ def _builder(engine: str, n: int, X, y, subsample):
     import jax.numpy as jnp
 
     import numpyro_gflow as gf
-    from numpyro_gflow.optim import svgd_adagrad
+    from numpyro_gflow.core.optim import svgd_adagrad
 
     model = _model()
     kw = {} if subsample is None else {"subsample": subsample}
@@ -201,9 +201,9 @@ def _builder(engine: str, n: int, X, y, subsample):
 
     if engine == "hand":
         # the same SVGD update as gf.SVGD, written as jit + scan over the core functions
-        from numpyro_gflow import svgd as svgd_core
+        from numpyro_gflow.core import svgd as svgd_core
         from numpyro_gflow.bridge import ModelBridge
-        from numpyro_gflow.kernels import RBFKernel as GfRBF
+        from numpyro_gflow.core.kernels import RBFKernel as GfRBF
 
         bridge = ModelBridge.from_model(model, X, y, **kw)
         kernel, opt = GfRBF(), svgd_adagrad(STEP_SIZE)
@@ -255,8 +255,8 @@ def rff_worker(spec: dict) -> dict:
     import numpy as np
     import optax
 
-    from numpyro_gflow.kernels import RBFKernel, svgd_direction
-    from numpyro_gflow.optim import svgd_adagrad
+    from numpyro_gflow.core.kernels import RBFKernel, svgd_direction
+    from numpyro_gflow.core.optim import svgd_adagrad
 
     quick = spec["quick"]
     out = {"kind": "rff", "err_vs_m": [], "timing": [], "runs": []}

@@ -7,7 +7,7 @@ record XLA's compile-time estimate of the step's temporary buffers
 (``compiled.memory_analysis().temp_size_in_bytes``), which needs no run, so the dense path
 at n = 20,000 is reported from it alone.
 
-The step is ``numpyro_gflow.svgd.step`` as the engines run it: RBF kernel with the median
+The step is ``numpyro_gflow.core.svgd.step`` as the engines run it: RBF kernel with the median
 heuristic (recomputed from the particles), the default AdaGrad optimizer, and the per-step
 IMQ kernel Stein discrepancy diagnostic. The target is a standard normal in d = 50
 (``score = -x``), so the model costs nothing and the kernel work is all that is measured.
@@ -15,7 +15,7 @@ IMQ kernel Stein discrepancy diagnostic. The target is a standard normal in d = 
     nice .venv/bin/python benchmarks/scale_memory.py            # writes benchmarks/SCALE_MEMORY.md
     nice .venv/bin/python benchmarks/scale_memory.py ksdd       # writes benchmarks/SCALE_MEMORY_KSDD.md
 
-``ksdd``: one `numpyro_gflow.ksdd.step` instead (KSD descent: the gradient of the squared KSD,
+``ksdd``: one `numpyro_gflow.core.ksdd.step` instead (KSD descent: the gradient of the squared KSD,
 differentiated through the score; IMQ kernel, unit scale, AdaGrad), whose blocked path
 rematerialises each row block in the backward pass.
 """
@@ -51,9 +51,9 @@ def worker(n: int, mode: str, run: bool, engine: str = "svgd") -> dict:
     import jax
     import jax.numpy as jnp
 
-    from numpyro_gflow import ksdd, svgd
-    from numpyro_gflow.kernels import IMQKernel, RBFKernel
-    from numpyro_gflow.optim import svgd_adagrad
+    from numpyro_gflow.core import ksdd, svgd
+    from numpyro_gflow.core.kernels import IMQKernel, RBFKernel
+    from numpyro_gflow.core.optim import svgd_adagrad
 
     block = None if mode == "dense" else BLOCK_SIZE
     optimizer = svgd_adagrad(0.05)
@@ -179,7 +179,7 @@ def main(engine: str = "svgd"):
         f"indicative), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
         f"JAX {jax.__version__} on CPU, float32.",
         "",
-        f"One `numpyro_gflow.svgd.step` (RBF kernel, median-heuristic bandwidth recomputed from the "
+        f"One `numpyro_gflow.core.svgd.step` (RBF kernel, median-heuristic bandwidth recomputed from the "
         f"particles, AdaGrad, per-step IMQ KSD diagnostic) on a standard normal target in d = {D}, "
         f"each configuration in a fresh process. *blocked*: `RBFKernel(block_size={BLOCK_SIZE})`; "
         f"*dense*: `block_size=None` (n x n matrices); *blocked-fixed-h*: blocked with a fixed "
@@ -215,7 +215,7 @@ def main_ksdd():
         f"{platform.machine()} Linux, {os.cpu_count()} CPU cores (shared with other jobs: times are "
         f"indicative), JAX {jax.__version__} on CPU, float32.",
         "",
-        f"One `numpyro_gflow.ksdd.step` (the gradient of the squared KSD of the particles, "
+        f"One `numpyro_gflow.core.ksdd.step` (the gradient of the squared KSD of the particles, "
         f"differentiated through the score; IMQ kernel with unit scale, AdaGrad) on a standard "
         f"normal target in d = {D}, each configuration in a fresh process. *blocked*: "
         f"`IMQKernel(block_size={BLOCK_SIZE})` (`kernels.stein_kernel_mean`: row blocks under "

@@ -48,7 +48,7 @@ from numpyro.infer import MCMC, NUTS
 
 import numpyro_gflow as gf
 from numpyro_gflow.diagnostics import energy_distance
-from numpyro_gflow.kernels import IMQKernel
+from numpyro_gflow.core.kernels import IMQKernel
 
 N_DATA, DIM, RHO = 300, 6, 0.97
 NUM_PARTICLES = 50

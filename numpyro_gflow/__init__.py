@@ -1,19 +1,59 @@
-"""numpyro-gflow: gradient-flow inference engines for NumPyro."""
+"""numpyro-gflow: gradient-flow inference engines for NumPyro.
 
-from numpyro_gflow import diagnostics, kernels, optim
+Layers, bottom up: `bridge` (NumPyro model -> unconstrained log density, score, constrain),
+`core` (pure JAX algorithms), `engines` (the NumPyro-facing engines on one base), `result`
+(one result type), `diagnostics`.
+"""
+
+from numpyro_gflow import core, diagnostics
 from numpyro_gflow.bridge import ModelBridge
-from numpyro_gflow.kernels import IMQKernel, RBFKernel
-from numpyro_gflow.result import InferenceResult
-from numpyro_gflow.engine import NonFiniteError
 from numpyro_gflow.checkpoint import load_state, save_state
+from numpyro_gflow.core import kernels, optim
+from numpyro_gflow.core.kernels import IMQKernel, RBFKernel
 from numpyro_gflow.data import StreamedData
-from numpyro_gflow.svgd import SVGD
-from numpyro_gflow.coin import CoinKSDD, CoinSVGD, KSDD
-from numpyro_gflow.lawgd import CoinLAWGD
-from numpyro_gflow.fbgvi import FBGVI
-from numpyro_gflow.isomix import IsoGaussianMixtureVI
-from numpyro_gflow.mirror import SVMD, SVNG, CoinMSVGD, MSVGD
-from numpyro_gflow.mixflow import MixFlow, MixFlowKernel
+from numpyro_gflow.engines import (
+    FBGVI,
+    KSDD,
+    SVGD,
+    SVMD,
+    SVNG,
+    CoinKSDD,
+    CoinLAWGD,
+    CoinMSVGD,
+    CoinSVGD,
+    IsoGaussianMixtureVI,
+    MixFlow,
+    MixFlowKernel,
+    MSVGD,
+    NonFiniteError,
+)
+from numpyro_gflow.result import InferenceResult
 
-__all__ = ["ModelBridge", "InferenceResult", "NonFiniteError", "save_state", "load_state", "StreamedData", "SVGD", "CoinSVGD", "KSDD", "CoinKSDD", "CoinLAWGD", "MSVGD", "CoinMSVGD", "SVMD", "SVNG", "IsoGaussianMixtureVI", "FBGVI", "MixFlow", "MixFlowKernel", "RBFKernel", "IMQKernel", "kernels", "optim", "diagnostics"]
+__all__ = [
+    "CoinKSDD",
+    "CoinLAWGD",
+    "CoinMSVGD",
+    "CoinSVGD",
+    "FBGVI",
+    "IMQKernel",
+    "InferenceResult",
+    "IsoGaussianMixtureVI",
+    "KSDD",
+    "MSVGD",
+    "MixFlow",
+    "MixFlowKernel",
+    "ModelBridge",
+    "NonFiniteError",
+    "RBFKernel",
+    "SVGD",
+    "SVMD",
+    "SVNG",
+    "StreamedData",
+    "core",
+    "diagnostics",
+    "kernels",
+    "load_state",
+    "optim",
+    "save_state",
+]
 __version__ = "0.1.0.dev0"

@@ -69,3 +69,10 @@ def positive_float_or(name: str, value, choices: tuple[str, ...]):
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be {allowed} or a positive finite number, got {value!r}")
     return value
+
+
+def check_flag(name: str, value) -> bool:
+    """A bool argument, or ``TypeError`` naming it."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value

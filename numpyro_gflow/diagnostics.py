@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from numpyro_gflow.kernels import (IMQKernel, Kernel, RBFKernel, bandwidth, pairwise_sq_dists,
-                                   stein_kernel_mean)
+from numpyro_gflow.core.kernels import Kernel, RBFKernel, pairwise_sq_dists, stein_discrepancy
 
 __all__ = [
     "ksd",
@@ -41,18 +40,8 @@ def _row_blocks(n: int, block_size: int):
     return num, num * block_size - n
 
 
-def ksd(x: jax.Array, score: jax.Array, kernel: Kernel | None = None,
-        block_size: int = 1024) -> jax.Array:
-    """Kernel Stein discrepancy (V-statistic) of the sample ``x`` (n, d) given its scores.
-
-    ``sqrt(mean_ij k_p(x_i, x_j))`` with the Langevin Stein kernel ``k_p`` of ``kernel``
-    (default IMQ, c = 1, beta = -1/2, unit scale). Rows are processed in blocks of
-    ``block_size`` so memory stays O(block_size * n). Jit-able.
-    """
-    kernel = IMQKernel() if kernel is None else kernel
-    # the row-blocked sum KSD descent differentiates (kernels.stein_kernel_mean)
-    h = bandwidth(kernel, x, block_size)
-    return jnp.sqrt(jnp.maximum(stein_kernel_mean(kernel, x, score, h, block_size), 0.0))
+#: the kernel Stein discrepancy (`numpyro_gflow.core.kernels.stein_discrepancy`)
+ksd = stein_discrepancy
 
 
 def model_ksd(result, kernel: Kernel | None = None) -> float:

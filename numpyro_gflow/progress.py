@@ -21,20 +21,35 @@ _BARS: dict[int, tqdm] = {}
 _NAMES: dict[int, str] = {}
 _IDS = itertools.count(1)
 _LOCK = threading.Lock()
+#: a Ctrl-C that arrived while a host callback ran (see `_update`), not yet honoured
+_INTERRUPT = threading.Event()
 
 
 def _update(bar_id, step, value):
-    bar = _BARS.get(int(bar_id))
-    if bar is None:
-        return
-    with _LOCK:
-        step = int(step)
-        if step > bar.n:
-            if int(bar_id) in _NAMES:  # first report: compilation is over
-                bar.set_description(_NAMES.pop(int(bar_id)), refresh=False)
-            bar.update(step - bar.n)
-            if np.isfinite(value):
-                bar.set_postfix_str(f"objective={float(value):.4g}", refresh=False)
+    try:
+        bar = _BARS.get(int(bar_id))
+        if bar is None:
+            return
+        with _LOCK:
+            step = int(step)
+            if step > bar.n:
+                if int(bar_id) in _NAMES:  # first report: compilation is over
+                    bar.set_description(_NAMES.pop(int(bar_id)), refresh=False)
+                bar.update(step - bar.n)
+                if np.isfinite(value):
+                    bar.set_postfix_str(f"objective={float(value):.4g}", refresh=False)
+    except KeyboardInterrupt:
+        # the callback can run on the main thread, where Ctrl-C lands: raised here it would
+        # surface as a JaxRuntimeError from the compiled loop. The driver honours it after the
+        # chunk instead (`take_interrupt`)
+        _INTERRUPT.set()
+
+
+def take_interrupt() -> bool:
+    """Whether a Ctrl-C arrived during a progress callback since the last call (and clear it)."""
+    pending = _INTERRUPT.is_set()
+    _INTERRUPT.clear()
+    return pending
 
 
 def every_for(num_steps: int) -> int:

@@ -59,7 +59,8 @@ class InferenceResult:
         self.model_args = model_args
         self.model_kwargs = model_kwargs
         self.unconstrained = unconstrained
-        self.trace = {k: np.asarray(v) for k, v in trace.items()}
+        # optional per-step diagnostics that were not asked for are None: left out
+        self.trace = {k: np.asarray(v) for k, v in trace.items() if v is not None}
         self.state = state
         self.objective = objective
         self.guide = guide

@@ -8,7 +8,7 @@ import pytest
 from numpyro.infer import MCMC
 
 import numpyro_gflow as gf
-from numpyro_gflow.optim import coin_betting
+from numpyro_gflow.core.optim import coin_betting
 from conftest import ConjugateGaussian, linreg_model
 
 

@@ -5,7 +5,7 @@ import pytest
 
 import numpyro_gflow as gf
 from numpyro_gflow.diagnostics import energy_distance, ksd, mmd, summarize, energy_baseline
-from numpyro_gflow.kernels import IMQKernel, stein_kernel_matrix
+from numpyro_gflow.core.kernels import IMQKernel, stein_kernel_matrix
 from conftest import linreg_model
 
 D = 3
@@ -58,7 +58,7 @@ def test_ksd_blocks_agree():
 
 
 def test_ksd_decreases_as_svgd_converges(conjugate):
-    res = gf.SVGD(conjugate.model, num_particles=100, step_size=0.01).run(
+    res = gf.SVGD(conjugate.model, num_particles=100, step_size=0.01, trace_ksd=True).run(
         jax.random.key(0), 500, conjugate.y, progress_bar=False)
     trace = res.trace["ksd"]
     assert trace[-1] < 0.2 * trace[0]

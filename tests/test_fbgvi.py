@@ -9,7 +9,7 @@ from numpyro.infer import SVI, Predictive, Trace_ELBO
 from numpyro.infer.autoguide import AutoMultivariateNormal
 
 import numpyro_gflow as gf
-from numpyro_gflow.fbgvi import jko_entropy
+from numpyro_gflow.core.fbgvi import jko_entropy
 
 N, D, NOISE = 40, 4, 0.7
 _k1, _k2 = jax.random.split(jax.random.key(4))
@@ -122,7 +122,7 @@ def test_fbgvi_stable_past_one_over_beta_where_bw_sgd_is_not():
     from benchmarks.fbgvi_curves import model as bc_model
     from numpyro.infer.util import potential_energy
 
-    from numpyro_gflow import fbgvi
+    from numpyro_gflow.core import fbgvi
 
     args = load_data()
     d = args[0].shape[1] + 1

@@ -10,7 +10,7 @@ from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.initialization import init_to_uniform
 
 import numpyro_gflow as gf
-from numpyro_gflow.isomix import mixture_log_density, mixture_score
+from numpyro_gflow.core.isomix import mixture_log_density, mixture_score
 from conftest import linreg_model
 
 
@@ -133,7 +133,7 @@ def test_laplace_preconditioner_fits_a_correlated_gaussian_exactly():
     np.testing.assert_allclose(np.cov(np.asarray(x).T), S, atol=0.15)
     # the guide's density is the result's log q
     z = jnp.array([[0.5, -1.0], [2.0, 0.0]])
-    from numpyro_gflow.isomix import _isomix_latent_scaled
+    from numpyro_gflow.engines.isomix import _isomix_latent_scaled
     from numpyro.handlers import substitute
     latent = substitute(_isomix_latent_scaled, data=res.params)(2)
     np.testing.assert_allclose(latent.log_prob(z), res.log_q(z), rtol=1e-4, atol=1e-4)
@@ -145,7 +145,7 @@ def test_laplace_preconditioner_fits_a_correlated_gaussian_exactly():
 def test_rewhiten_keeps_a_single_components_covariance():
     # N = 1: the new coordinates are q's own covariance, so the projected isotropic variance is
     # exactly 1 there and q in z does not change at all; a broken projection changes it.
-    from numpyro_gflow import isomix
+    from numpyro_gflow.core import isomix
     A = jnp.array([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.3, -0.2, 1.5]])
     state = isomix.init(jnp.array([[0.3, -1.0, 2.0]]), 0.7, 0.1, jax.random.key(0), scale=A)
     new = isomix.rewhiten(state)

@@ -169,7 +169,7 @@ def nuts_reference(data):
 
 
 def isomix_grad_evals(engine, num_steps, d):
-    curvature_hvps = d + 30 + 1     # isomix._curvature: d basis HVPs (d <= 200), 30 power steps + 1
+    curvature_hvps = d + 30 + 1     # numerics.curvature: d basis HVPs (d <= 200), 30 power steps + 1
     n = engine.num_components
     laplace_hvps = d if isinstance(engine.preconditioner, str) else 0   # the dense Hessian
     return (num_steps * n * engine.num_mc_samples + engine.map_steps * n

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from numpyro_gflow.kernels import (
+from numpyro_gflow.core.kernels import (
     AUTO_BLOCK_SIZE, AUTO_DENSE_MAX, IMQKernel, RBFKernel, bandwidth, kth_smallest,
     median_heuristic, pairwise_sq_dists, resolve_block_size, svgd_direction,
 )
@@ -151,7 +151,7 @@ def test_random_features_fixed_by_seed_or_redrawn_by_key():
     assert float(jnp.max(jnp.abs(svgd_direction(RBFKernel(num_features=128, feature_seed=1), x, score)[0]
                                  - a))) > 1e-3
     # the features estimate the Gram matrix: phi(x) . phi(y) -> exp(-|x - y|^2 / h)
-    from numpyro_gflow.kernels import random_features
+    from numpyro_gflow.core.kernels import random_features
     feat, w, _ = random_features(RBFKernel(num_features=20000), x[:20], 3.0)
     assert w.shape == (20000, 4)
     K = jnp.exp(-pairwise_sq_dists(x[:20]) / 3.0)
@@ -165,7 +165,7 @@ def test_random_features_fixed_by_seed_or_redrawn_by_key():
 def test_blocked_stein_kernel_mean_and_its_gradient_match_dense(kernel_cls):
     # KSD descent differentiates the squared KSD through the score: the blocked, rematerialised
     # path must give the dense value and gradient (n = 300 in blocks of 64: a ragged last block)
-    from numpyro_gflow.kernels import stein_kernel_mean
+    from numpyro_gflow.core.kernels import stein_kernel_mean
 
     x = jax.random.normal(jax.random.key(0), (300, 7)) * jnp.linspace(0.5, 2.0, 7)
     score_of = lambda y: -y / jnp.linspace(0.5, 2.0, 7) ** 2 + 0.1 * jnp.sin(y)  # noqa: E731

@@ -14,7 +14,8 @@ import pytest
 from numpyro.infer import MCMC, Predictive
 
 import numpyro_gflow as gf
-from numpyro_gflow import mixflow as mf
+from numpyro_gflow.core import mixflow as mf
+from numpyro_gflow.core import numerics
 
 
 def banana():
@@ -60,7 +61,7 @@ def test_flow_map_inverse_and_log_jacobian(params):
 
     # log |det dT/d(x, rho)| by autodiff (T's u-part is a shift, so the determinant is this block)
     def t_xr(v):
-        out, _ = mf.flow_map(mf._point(v[:2], v[2:], p.u, _banana_vg), PARAMS, _banana_vg, 5)
+        out, _ = mf.flow_map(mf.point(v[:2], v[2:], p.u, _banana_vg), PARAMS, _banana_vg, 5)
         return jnp.concatenate([out.x, out.rho])
 
     jac = jax.jacfwd(t_xr)(jnp.concatenate([p.x, p.rho]))
@@ -80,7 +81,7 @@ def test_whitened_leapfrog_is_the_leapfrog_of_the_whitened_target():
     p = mf.sample_reference(jax.random.key(3), PARAMS_FULL, _banana_vg)
     y = jnp.linalg.solve(L, p.x - loc)
     q = mf._leapfrogs(p, PARAMS_FULL, _banana_vg, 7, 1.0)
-    q_y = mf._leapfrogs(mf._point(y, p.rho, p.u, vg_y), PARAMS_FULL._replace(step_matrix=None,
+    q_y = mf._leapfrogs(mf.point(y, p.rho, p.u, vg_y), PARAMS_FULL._replace(step_matrix=None,
                                                                              scale_tril=None),
                         vg_y, 7, 1.0)
     np.testing.assert_allclose(q.x, loc + L @ q_y.x, rtol=1e-5, atol=1e-5)
@@ -95,10 +96,10 @@ def test_laplace_finds_mode_and_covariance_of_a_gaussian():
     cov = corr * sd[:, None] * sd
     mean = jnp.array([1.0, -2.0, 0.5])
     log_p = dist.MultivariateNormal(mean, cov).log_prob
-    center, whiten = mf.laplace(log_p, jnp.array([4.0, 4.0, -4.0]), map_steps=50)
+    center, whiten = numerics.laplace(log_p, jnp.array([4.0, 4.0, -4.0]), map_steps=50)
     np.testing.assert_allclose(center, mean, atol=2e-3)
     np.testing.assert_allclose(whiten @ whiten.T, cov, rtol=2e-3, atol=2e-4)
-    far, _ = mf.laplace(log_p, jnp.array([4.0, 4.0, -4.0]), map_steps=50, newton_steps=0)
+    far, _ = numerics.laplace(log_p, jnp.array([4.0, 4.0, -4.0]), map_steps=50, newton_steps=0)
     assert float(jnp.max(jnp.abs(far - mean))) > 0.05  # without Newton: not there
 
 
@@ -342,7 +343,7 @@ def test_real_data_regression_means_match_nuts():
     # the VI refinement improves on its Laplace start (measured KL 0.086-0.090 +- 0.014 for the
     # Laplace approximation alone, 0.015 after the 1000 steps)
     log_p = jax.jit(jax.vmap(lambda z: full.bridge.log_density(z, (X, y), {})))
-    mode, whiten = jax.jit(lambda x: mf.laplace(lambda z: full.bridge.log_density(z, (X, y), {}),
+    mode, whiten = jax.jit(lambda x: numerics.laplace(lambda z: full.bridge.log_density(z, (X, y), {}),
                                                 x, 200))(full.flow.params.loc)
     laplace_q = dist.MultivariateNormal(mode, scale_tril=jnp.linalg.cholesky(whiten @ whiten.T))
     z = laplace_q.sample(jax.random.key(5), (4000,))

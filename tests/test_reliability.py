@@ -128,7 +128,7 @@ def test_bad_nan_policy_names_itself():
 
 
 _INTERRUPT_CHILD = """
-import json, os, signal, sys
+import json, os, signal, sys, threading
 import jax, numpy as np, numpyro, numpyro.distributions as dist, jax.numpy as jnp
 import numpyro_gflow as gf
 from numpyro_gflow import progress
@@ -147,7 +147,8 @@ def update(bar_id, step, value):
     original(bar_id, step, value)
     if not sent and int(step) > 1000:
         sent.append(int(step))
-        os.kill(os.getpid(), signal.SIGINT)
+        # from another thread, as a real Ctrl-C: it lands wherever the main thread is
+        threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT)).start()
 
 progress._update = update
 engine = gf.SVGD(gaussian2, num_particles=32)

@@ -58,7 +58,7 @@ DATA_CODE = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, numpyro, numpyro.distributions as dist
     import numpyro_gflow as gf
     from numpyro_gflow.bridge import ModelBridge
-    from numpyro_gflow.engine import ParticleEngine
+    from numpyro_gflow.engines.base import ParticleEngine
     assert len(jax.devices()) == 4
 
     def model(X, y=None, num_rows=None):

@@ -9,8 +9,8 @@ import pytest
 from numpyro.infer import MCMC, Predictive
 
 import numpyro_gflow as gf
-from numpyro_gflow import svgd
-from numpyro_gflow.kernels import RBFKernel
+from numpyro_gflow.core import svgd
+from numpyro_gflow.core.kernels import RBFKernel
 from conftest import linreg_model
 
 

@@ -8,8 +8,9 @@ import pytest
 from numpyro.infer import MCMC, NUTS
 
 import numpyro_gflow as gf
-from numpyro_gflow.kernels import IMQKernel, RBFKernel, svgd_direction
-from numpyro_gflow.mirror import MirrorEval, svmd_direction
+from numpyro_gflow.core.kernels import IMQKernel, RBFKernel, svgd_direction
+from numpyro_gflow.core.msvgd import MirrorEval
+from numpyro_gflow.core.svmd import svmd_direction
 
 from benchmarks.svng_conditioning import make_data, model
 

@@ -1,49 +1,9 @@
-"""MixFlows: mixed variational flows from uncorrected Hamiltonian dynamics.
-
-Xu, Chen & Campbell, "MixFlows: principled variational inference via mixed flows" (ICML 2023).
-The state is augmented to ``z = (x, rho, u)``: ``x`` in NumPyro's unconstrained space, a
-momentum ``rho`` with standard Laplace density ``m`` (as in the authors' code: with Laplace
-momentum the position moves by ``+-eps`` per leapfrog step whatever ``|rho|`` is, so round-off
-is not amplified, and forward-then-inverse maps stay exact for thousands of steps; Gaussian
-momentum loses invertibility within tens of steps), and an auxiliary ``u`` in ``[0, 1)``.
-The augmented target is ``pi(x) m(rho) 1[u in [0, 1)]``.
-
-One flow map ``T`` = ``num_leapfrog`` uncorrected leapfrog steps (no accept/reject), then the
-deterministic momentum refreshment, coordinate by coordinate::
-
-    rho_i <- F^{-1}((F(rho_i) + xi(x_i, u)) mod 1),   xi(x, u) = (sin(2 x + u) + 1) / 2
-    u     <- (u + pi / 16) mod 1          (after each coordinate, as the authors' code)
-
-with ``F`` the Laplace CDF. Leapfrog steps and the shift of ``u`` preserve volume; the refresh
-has ``log |J| = sum_i log m(rho_i) - log m(rho_i')``. The MixFlow is the uniform mixture of
-``T^n q0`` over ``n = 0 .. N-1`` (``N = flow_length``), ``q0 = N(loc, diag(scale^2)) x m x U[0, 1)``:
-
-* sampling: ``K ~ U{0..N-1}``, ``z0 ~ q0``, return ``T^K z0``;
-* density: ``q_N(z) = (1/N) sum_{n<N} q0(T^{-n} z) |J_{T^{-n}}(z)|``, one backward pass with a
-  running log-sum-exp (memory independent of ``N``);
-* ELBO: ``E_{z0 ~ q0} (1/N) sum_{n<N} [log pibar(T^n z0) - log q_N(T^n z0)]`` (unbiased). One
-  trajectory ``T^{-(N-1)} z0 .. T^{N-1} z0`` gives all ``N`` terms: ``log q_N(z_n)`` is a
-  window log-sum-exp of ``log q0(z_j) + C_j`` (``C_j`` the cumulative log-Jacobian) minus
-  ``C_n``, so only ``2N - 1`` scalars per draw are kept, never the trajectory.
-
-The leapfrog step is a vector ``eps = step_size * scale`` (the reference's per-coordinate
-scale): with Laplace momentum each coordinate moves by ``eps_i`` per leapfrog step, so steps
-in units of the posterior's scale make one ``step_size`` fit every coordinate. The dynamics
-``dx_i/dt = eps_i sign(rho_i)``, ``drho_i/dt = eps_i d_i log pi`` conserve the Hamiltonian and
-volume, so the exact flow preserves the augmented target; the leapfrog discretisation does
-only approximately (that is the "uncorrected" in the name).
-
-With ``reference="fullrank"`` (an extension: the paper's reference is mean-field) ``q0``'s
-Gaussian is ``N(loc, L L^T)`` and the leapfrog runs in the whitened coordinates
-``y = L^-1 (x - loc)`` (``grad_y = L^T grad_x``, ``dx = L dy``): a fixed linear change of
-variables, so the map is the paper's map on the whitened target.
-"""
+"""MixFlow on a NumPyro model: the engine, result and MCMC kernel over `numpyro_gflow.core.mixflow`."""
 
 from __future__ import annotations
 
-import math
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,359 +18,30 @@ from numpyro.util import is_prng_key
 
 from numpyro_gflow._validate import positive_float, positive_float_or, positive_int
 from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_args
-from numpyro_gflow.engine import ParticleEngine, Target
+from numpyro_gflow.core.mixflow import (
+    FlowPoint,
+    MixFlowParams,
+    point,
+    acceptance,
+    elbo,
+    flow_map,
+    inversion_error,
+    log_density,
+    log_laplace,
+    laplace_icdf,
+    reference_gaussian,
+    reference_init,
+    reference_step,
+    sample,
+    sample_reference,
+)
+from numpyro_gflow.core.numerics import NEWTON_STEPS, laplace
+from numpyro_gflow.engines.base import ParticleEngine, Target
 from numpyro_gflow.result import InferenceResult, latent_guide
 
-__all__ = [
-    "FlowPoint", "MixFlowParams", "ReferenceState", "ReferenceInfo", "reference_init",
-    "reference_step", "reference_gaussian", "laplace", "flow_map", "inverse_flow_map",
-    "sample_reference", "log_reference",
-    "sample", "log_density", "elbo", "inversion_error", "acceptance", "MixFlow", "MixFlowKernel",
-]
+__all__ = ["MixFlow", "MixFlowResult", "MixFlowKernel"]
 
-#: the irrational shift of the auxiliary variable per flow map (the authors' pi / 16)
-U_SHIFT = math.pi / 16
-#: Newton steps that finish the full-rank reference's mode search (``laplace``)
-NEWTON_STEPS = 20
-_LOG2 = math.log(2.0)
 
-
-# ---------------------------------------------------------------------------- Laplace momentum
-def laplace_cdf(r):
-    return 0.5 - 0.5 * jnp.sign(r) * jnp.expm1(-jnp.abs(r))
-
-
-def laplace_icdf(p):
-    # (F(rho) + xi) mod 1 lands exactly on 0 about once in 1e7 refreshes in float32, where the
-    # inverse CDF is -inf and the run turns NaN: keep p inside (0, 1)
-    eps = jnp.finfo(jnp.result_type(p)).eps
-    p = jnp.clip(p, 0.5 * eps, 1.0 - 0.5 * eps)
-    return jnp.sign(0.5 - p) * jnp.log1p(-2.0 * jnp.abs(p - 0.5))
-
-
-def log_laplace(r):
-    """log m(rho) summed over the last axis (standard Laplace)."""
-    return -jnp.sum(jnp.abs(r) + _LOG2, -1)
-
-
-def _xi(x, u):
-    return 0.5 * (jnp.sin(2.0 * x + u) + 1.0)
-
-
-def _coordinate_u(u, d):
-    """The auxiliary value each coordinate's refresh sees, and the next ``u`` (last entry):
-    the authors' code shifts ``u`` by pi/16 after each coordinate."""
-    return jnp.mod(u + U_SHIFT * jnp.arange(d + 1, dtype=jnp.result_type(u)), 1.0)
-
-
-# ---------------------------------------------------------------------------- the flow map
-class FlowPoint(NamedTuple):
-    """A point of the augmented space, with ``log pi(x)`` and its gradient cached."""
-
-    x: jax.Array        # (d,) position, NumPyro's unconstrained space
-    rho: jax.Array      # (d,) Laplace momentum
-    u: jax.Array        # () auxiliary variable in [0, 1)
-    log_p: jax.Array    # () log pi(x)
-    grad: jax.Array     # (d,) grad log pi(x)
-
-
-class MixFlowParams(NamedTuple):
-    loc: jax.Array        # (d,) reference mean
-    scale: jax.Array      # (d,) reference sd (the diagonal of scale_tril when that is given)
-    step_size: jax.Array  # (d,) leapfrog step per coordinate (of step_matrix's coordinates)
-    # full-rank reference: q0's Gaussian is N(loc, scale_tril scale_tril^T); None: mean-field
-    scale_tril: jax.Array | None = None
-    # the leapfrog runs in coordinates y with x = loc + step_matrix y (a fixed linear change of
-    # variables, volume- and energy-preserving in y); None: x's own coordinates
-    step_matrix: jax.Array | None = None
-
-
-def _point(x, rho, u, value_and_grad):
-    log_p, grad = value_and_grad(x)
-    return FlowPoint(x, rho, u, log_p, grad)
-
-
-def _leapfrog(p: FlowPoint, eps, matrix, value_and_grad, direction: float) -> FlowPoint:
-    # with a matrix M the dynamics run in y = M^{-1} x: grad_y = M^T grad_x, dx = M dy
-    h = direction * eps
-    g = p.grad if matrix is None else p.grad @ matrix
-    rho = p.rho + 0.5 * h * g
-    dy = h * jnp.sign(rho)
-    x = p.x + (dy if matrix is None else matrix @ dy)
-    log_p, grad = value_and_grad(x)
-    g = grad if matrix is None else grad @ matrix
-    return FlowPoint(x, rho + 0.5 * h * g, p.u, log_p, grad)
-
-
-def _leapfrogs(p: FlowPoint, params: "MixFlowParams", value_and_grad, num_leapfrog: int,
-               direction: float) -> FlowPoint:
-    return lax.fori_loop(0, num_leapfrog, lambda _, q: _leapfrog(
-        q, params.step_size, params.step_matrix, value_and_grad, direction), p)
-
-
-def flow_map(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
-             num_leapfrog: int) -> tuple[FlowPoint, jax.Array]:
-    """``T(p)`` and ``log |J_T(p)|``."""
-    p = _leapfrogs(p, params, value_and_grad, num_leapfrog, 1.0)
-    u = _coordinate_u(p.u, p.x.shape[-1])
-    rho = laplace_icdf(jnp.mod(laplace_cdf(p.rho) + _xi(p.x, u[:-1]), 1.0))
-    log_jac = log_laplace(p.rho) - log_laplace(rho)
-    return p._replace(rho=rho, u=u[-1]), log_jac
-
-
-def inverse_flow_map(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
-                     num_leapfrog: int) -> tuple[FlowPoint, jax.Array]:
-    """``T^{-1}(p)`` and ``log |J_T(T^{-1} p)|`` (the forward map's log-Jacobian there)."""
-    d = p.x.shape[-1]
-    u = jnp.mod(p.u - d * U_SHIFT, 1.0)
-    rho = laplace_icdf(jnp.mod(laplace_cdf(p.rho) - _xi(p.x, _coordinate_u(u, d)[:-1]), 1.0))
-    log_jac = log_laplace(rho) - log_laplace(p.rho)
-    p = p._replace(rho=rho, u=u)
-    p = _leapfrogs(p, params, value_and_grad, num_leapfrog, -1.0)
-    return p, log_jac
-
-
-# ---------------------------------------------------------------------------- reference q0
-def sample_reference(rng_key, params: MixFlowParams, value_and_grad: Callable) -> FlowPoint:
-    k_x, k_rho, k_u = jax.random.split(rng_key, 3)
-    d = params.loc.shape[-1]
-    dtype = params.loc.dtype
-    noise = jax.random.normal(k_x, (d,), dtype)
-    x = params.loc + (params.scale * noise if params.scale_tril is None else params.scale_tril @ noise)
-    rho = laplace_icdf(jax.random.uniform(k_rho, (d,), dtype, minval=1e-7, maxval=1 - 1e-7))
-    return _point(x, rho, jax.random.uniform(k_u, (), dtype), value_and_grad)
-
-
-def log_reference(p: FlowPoint, params: MixFlowParams):
-    """log q0(x, rho, u) (``u`` always lies in [0, 1), where its density is 1)."""
-    if params.scale_tril is None:
-        log_x = jnp.sum(dist.Normal(params.loc, params.scale).log_prob(p.x), -1)
-    else:
-        log_x = dist.MultivariateNormal(params.loc, scale_tril=params.scale_tril).log_prob(p.x)
-    return log_x + log_laplace(p.rho)
-
-
-def log_target(p: FlowPoint):
-    """log pibar(x, rho, u) = log pi(x) + log m(rho), up to pi's normalising constant."""
-    return p.log_p + log_laplace(p.rho)
-
-
-# ---------------------------------------------------------------------------- the three operations
-def sample(rng_key, params: MixFlowParams, value_and_grad: Callable, flow_length: int,
-           num_leapfrog: int) -> FlowPoint:
-    """One draw of the MixFlow: ``T^K z0`` with ``K ~ U{0..N-1}``, ``z0 ~ q0`` (vmap for many)."""
-    k_n, k_0 = jax.random.split(rng_key)
-    n = jax.random.randint(k_n, (), 0, flow_length)
-    p = sample_reference(k_0, params, value_and_grad)
-    return lax.fori_loop(0, n, lambda _, q: flow_map(q, params, value_and_grad, num_leapfrog)[0], p)
-
-
-def _finite_or_neg_inf(v):
-    # a point whose backward orbit leaves the floating-point range (far in the tails) adds no
-    # reference mass, rather than a NaN
-    return jnp.where(jnp.isfinite(v), v, -jnp.inf)
-
-
-def log_density(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
-                flow_length: int, num_leapfrog: int):
-    """log q_N(x, rho, u): one backward pass, running log-sum-exp (O(1) memory in N)."""
-
-    def body(carry, _):
-        q, cum, acc = carry
-        q, log_jac = inverse_flow_map(q, params, value_and_grad, num_leapfrog)
-        cum = cum - log_jac            # log |J_{T^{-k}}(z)|
-        return (q, cum, jnp.logaddexp(acc, _finite_or_neg_inf(log_reference(q, params) + cum))), None
-
-    init = (p, jnp.zeros((), p.x.dtype), log_reference(p, params))
-    (_, _, acc), _ = lax.scan(body, init, None, length=flow_length - 1)
-    return acc - jnp.log(flow_length)
-
-
-def _trajectory_terms(rng_key, params, value_and_grad, flow_length, num_leapfrog):
-    """``log pibar(z_n) - log q_N(z_n)`` for ``z_n = T^n z0``, n < N, from one z0 ~ q0."""
-    N = flow_length
-    z0 = sample_reference(rng_key, params, value_and_grad)
-
-    def back(carry, _):
-        q, cum = carry
-        q, log_jac = inverse_flow_map(q, params, value_and_grad, num_leapfrog)
-        cum = cum - log_jac
-        return (q, cum), _finite_or_neg_inf(log_reference(q, params) + cum)
-
-    def fwd(carry, _):
-        q, cum = carry
-        out = (_finite_or_neg_inf(log_reference(q, params) + cum), log_target(q), cum)
-        q, log_jac = flow_map(q, params, value_and_grad, num_leapfrog)
-        return (q, cum + log_jac), out
-
-    zero = jnp.zeros((), params.loc.dtype)
-    _, a_back = lax.scan(back, (z0, zero), None, length=N - 1)        # j = -1 .. -(N-1)
-    _, (a_fwd, log_t, cum) = lax.scan(fwd, (z0, zero), None, length=N)  # j = 0 .. N-1
-    a = jnp.concatenate([a_back[::-1], a_fwd])                         # j = -(N-1) .. N-1
-
-    def window(acc, k):  # acc[n] = logsumexp_{j = n-k..n} a_j, window of N ending at n
-        return jnp.logaddexp(acc, lax.dynamic_slice_in_dim(a, N - 1 - k, N)), None
-
-    acc, _ = lax.scan(window, jnp.full((N,), -jnp.inf, a.dtype), jnp.arange(N))
-    log_q = acc - jnp.log(N) - cum
-    return log_t - log_q
-
-
-def elbo(rng_key, params: MixFlowParams, value_and_grad: Callable, flow_length: int,
-         num_leapfrog: int, num_samples: int):
-    """Unbiased ELBO estimate (augmented space) and its standard error, ``num_samples`` draws
-    of ``z0``, each contributing its whole trajectory (``N`` terms for ``3N - 2`` flow maps)."""
-    terms = jax.vmap(lambda k: jnp.mean(_trajectory_terms(k, params, value_and_grad, flow_length,
-                                                          num_leapfrog)))(
-        jax.random.split(rng_key, num_samples))
-    return jnp.mean(terms), jnp.std(terms) / jnp.sqrt(num_samples)
-
-
-def inversion_error(rng_key, params: MixFlowParams, value_and_grad: Callable, num_maps: int,
-                    num_leapfrog: int):
-    """max |z - T^{-n} T^n z| over the coordinates of (x, rho, u), for one z ~ q0.
-
-    ``u`` is compared on the circle (it lives modulo 1)."""
-    z = sample_reference(rng_key, params, value_and_grad)
-    fwd = lax.fori_loop(0, num_maps, lambda _, q: flow_map(q, params, value_and_grad, num_leapfrog)[0], z)
-    back = lax.fori_loop(0, num_maps,
-                         lambda _, q: inverse_flow_map(q, params, value_and_grad, num_leapfrog)[0], fwd)
-    du = jnp.abs(back.u - z.u)
-    du = jnp.minimum(du, 1.0 - du)
-    return jnp.maximum(jnp.maximum(jnp.max(jnp.abs(back.x - z.x)), jnp.max(jnp.abs(back.rho - z.rho))), du)
-
-
-def acceptance(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable, num_leapfrog: int):
-    """``min(1, exp(-Delta H))`` of one map's leapfrog trajectory from ``p``: the acceptance
-    probability a Metropolis-corrected HMC with this momentum would have (the flow has none;
-    it is the step-size heuristic's yardstick of how far the leapfrog is from exact)."""
-    q = _leapfrogs(p, params, value_and_grad, num_leapfrog, 1.0)
-    delta = log_target(q) - log_target(p)
-    return jnp.where(jnp.isfinite(delta), jnp.exp(jnp.minimum(delta, 0.0)), 0.0)
-
-
-# ---------------------------------------------------------------------------- reference fit (core)
-class ReferenceState(NamedTuple):
-    """Gaussian VI of the reference (reparameterised ELBO gradients, optax).
-
-    Mean-field: ``x = particles + exp(log_scale) * eps``. Full rank (``whiten`` given): the fit
-    runs in coordinates ``y`` with ``x = center + whiten @ y`` (a Laplace approximation's mode
-    and inverse-Hessian square root, fixed), where the posterior is close to ``N(0, I)`` and one
-    Adam learning rate suits every parameter: ``y = particles + B eps``, ``B`` lower-triangular
-    with diagonal ``exp(log_scale)`` and strictly lower part ``off_diag``."""
-
-    particles: jax.Array    # (1, d) the reference mean (whitened coordinates when full rank)
-    log_scale: jax.Array    # (1, d)
-    opt_state: optax.OptState
-    rng_key: jax.Array
-    off_diag: jax.Array | None = None   # (1, d, d), used below the diagonal; None: mean-field
-    center: jax.Array | None = None     # (1, d)
-    whiten: jax.Array | None = None     # (1, d, d)
-
-
-class ReferenceInfo(NamedTuple):
-    elbo: jax.Array         # ELBO estimate of the reference at the start of the step
-
-
-def _factor(log_scale, off_diag):
-    """The full-rank fit's B (whitened coordinates): lower-triangular, diagonal exp(log_scale);
-    only the strictly lower part of ``off_diag`` is used (so only it gets gradients)."""
-    return jnp.tril(off_diag[0], -1) + jnp.diag(jnp.exp(log_scale[0]))
-
-
-def _draws(params, eps, center, whiten):
-    loc, log_scale, off = params
-    if off is None:
-        return loc + eps * jnp.exp(log_scale)
-    return center + (loc + eps @ _factor(log_scale, off).T) @ whiten[0].T
-
-
-def reference_gaussian(state: ReferenceState):
-    """``(loc, scale, scale_tril)`` of the fitted reference in x's coordinates
-    (``scale_tril`` None for a mean-field reference; ``scale`` its diagonal otherwise)."""
-    if state.off_diag is None:
-        return state.particles[0], jnp.exp(state.log_scale[0]), None
-    W = state.whiten[0]
-    loc = state.center[0] + W @ state.particles[0]
-    tril = _lower_factor(W @ _factor(state.log_scale, state.off_diag))
-    return loc, jnp.diagonal(tril), tril
-
-
-def reference_init(loc, scale, optimizer: optax.GradientTransformation, rng_key,
-                   whiten=None) -> ReferenceState:
-    """Mean-field: ``loc`` and ``scale`` (per-coordinate sd). Full rank: ``whiten`` (d, d) maps
-    whitened coordinates to x (``loc`` the centre); the fit starts at ``N(loc, whiten whiten^T)``."""
-    loc = jnp.atleast_2d(loc)
-    if whiten is None:
-        log_scale = jnp.log(jnp.broadcast_to(jnp.asarray(scale, loc.dtype), loc.shape))
-        params = (loc, log_scale, None)
-        return ReferenceState(loc, log_scale, optimizer.init(params), rng_key)
-    d = loc.shape[-1]
-    y, log_b, off = jnp.zeros_like(loc), jnp.zeros_like(loc), jnp.zeros((1, d, d), loc.dtype)
-    params = (y, log_b, off)
-    return ReferenceState(y, log_b, optimizer.init(params), rng_key, off, loc,
-                          jnp.asarray(whiten, loc.dtype).reshape(1, d, d))
-
-
-def reference_step(state: ReferenceState, score_fn: Callable, optimizer, num_mc_samples: int
-                   ) -> tuple[ReferenceState, ReferenceInfo]:
-    rng_key, k_noise, k_batch = jax.random.split(state.rng_key, 3)
-    d = state.particles.shape[-1]
-    eps = jax.random.normal(k_noise, (num_mc_samples, d), state.particles.dtype)
-    params = (state.particles, state.log_scale, state.off_diag)
-    log_p, score = score_fn(_draws(params, eps, state.center, state.whiten), k_batch)
-    log_det = 0.0 if state.whiten is None else jnp.linalg.slogdet(state.whiten[0])[1]
-    entropy = jnp.sum(state.log_scale) + log_det + 0.5 * d * (1.0 + jnp.log(2 * jnp.pi))
-    elbo_value = jnp.mean(log_p) + entropy
-
-    # gradients of -ELBO: reparameterisation for the expected log density (the score held
-    # fixed, differentiated through the draws), exact entropy (sum of the log diagonal)
-    def surrogate(params):
-        x = _draws(params, eps, state.center, state.whiten)
-        return -jnp.mean(jnp.sum(score * x, -1)) - jnp.sum(params[1])
-
-    grads = jax.grad(surrogate)(params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, params)
-    loc, log_scale, off = optax.apply_updates(params, updates)
-    return state._replace(particles=loc, log_scale=log_scale, opt_state=opt_state,
-                          rng_key=rng_key, off_diag=off), ReferenceInfo(elbo_value)
-
-
-def laplace(log_p: Callable, x, map_steps: int, newton_steps: int = NEWTON_STEPS):
-    """Mode and inverse-Hessian square root of ``log_p``: ``map_steps`` Adam steps from ``x``,
-    then Newton steps with a crude line search (the best of the step halved up to 9 times, or
-    none): Adam alone stalls short of the mode on ill-conditioned posteriors. Curvatures are
-    floored (``isomix.floored_curvature``), so the result is a valid Gaussian on
-    non-log-concave targets too."""
-    from numpyro_gflow.isomix import _climb, floored_curvature
-
-    if map_steps:
-        x = _climb(log_p, x[None], map_steps)[0]
-
-    def newton(_, x):
-        # the Newton step scaled by 1, 1/2, .. 1/2^9 or 0: whichever point is highest
-        lam, vec = floored_curvature(log_p, x)
-        direction = vec @ ((vec.T @ jax.grad(log_p)(x)) / lam)
-        t = jnp.concatenate([0.5 ** jnp.arange(10.0), jnp.zeros(1)]).astype(x.dtype)
-        # t = 0 is x itself even where the direction is not finite
-        points = x + jnp.where(t[:, None] > 0, t[:, None] * direction, 0.0)
-        values = jax.vmap(log_p)(points)
-        return points[jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))]
-
-    x = lax.fori_loop(0, newton_steps, newton, x)
-    lam, vec = floored_curvature(log_p, x)
-    return x, (vec * lam ** -0.5) @ vec.T
-
-
-def _lower_factor(a):
-    """Lower-triangular L with positive diagonal and L L^T = a a^T, by QR of a^T (no Cholesky of
-    the product, which squares the condition number: float32 fails near 1e7)."""
-    _, r = jnp.linalg.qr(a.T)
-    sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(a.dtype)
-    return (r * sign[:, None]).T
-
-
-# ---------------------------------------------------------------------------- NumPyro-facing
 class _StaticTarget(NamedTuple):
     """Hashable handle on a model and the static part of its inputs (a jit static argument)."""
 
@@ -464,7 +95,7 @@ def _jit_log_density(x, rho, u, params, dynamic, target, flow_length, num_leapfr
     vg = target.value_and_grad(dynamic)
 
     def one(x, rho, u):
-        return log_density(_point(x, rho, u, vg), params, vg, flow_length, num_leapfrog)
+        return log_density(point(x, rho, u, vg), params, vg, flow_length, num_leapfrog)
 
     return jax.vmap(one)(x, rho, u)
 
@@ -902,7 +533,7 @@ class MixFlowKernel(MCMCKernel):
             k_init, k_next = jax.random.split(key)
             p = sample_reference(k_init, f.params, vg)
             if z is not None:  # a given starting position, fresh momentum and auxiliary
-                p = _point(z, p.rho, p.u, vg)
+                p = point(z, p.rho, p.u, vg)
             return MixFlowKernelState(*p, k_next)
 
         z = None if init_params is None else self._fit.bridge.flatten_batch(init_params) \

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from numpyro_gflow.kernels import Kernel, bandwidth, stein_kernel_mean
+from numpyro_gflow.core.kernels import Kernel, bandwidth, stein_kernel_mean
 
 __all__ = ["KSDDState", "KSDDInfo", "init", "step", "ksd_squared"]
 

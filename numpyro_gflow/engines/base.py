@@ -340,6 +340,7 @@ class ParticleEngine(MCMCKernel):
         carry = (state, jnp.asarray(0, jnp.int32))
         bar = progress.ProgressBar(num_steps, type(self).__name__, enabled=progress_bar)
         batches = None if feed is None else feed(0, chunk)
+        progress.take_interrupt()   # forget one that came after the last run
         with bar as bar_id:
             try:
                 while done < num_steps and failed_at == 0:
@@ -352,7 +353,15 @@ class ParticleEngine(MCMCKernel):
                     failed = int(new_carry[1])        # waits for the chunk: one sync per chunk
                     carry, infos, done, failed_at = (new_carry, infos + [info],
                                                      min(done + chunk, num_steps), failed)
+                    if progress.take_interrupt():   # Ctrl-C during a progress callback
+                        raise KeyboardInterrupt
             except KeyboardInterrupt:
+                interrupted = True
+            except jax.errors.JaxRuntimeError as err:
+                # Ctrl-C in JAX's own host-callback code around the progress bar: the chunk failed,
+                # the carry is still the last finished chunk's
+                if "KeyboardInterrupt" not in str(err):
+                    raise
                 interrupted = True
             if progress_bar:
                 jax.effects_barrier()

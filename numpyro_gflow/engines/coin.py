@@ -12,11 +12,11 @@ from __future__ import annotations
 import optax
 from numpyro.infer.initialization import init_to_uniform
 
-from numpyro_gflow import ksdd as ksdd_core
-from numpyro_gflow import svgd as svgd_core
-from numpyro_gflow.engine import ParticleEngine
-from numpyro_gflow.kernels import IMQKernel, Kernel, RBFKernel
-from numpyro_gflow.optim import as_optimizer, coin_betting
+from numpyro_gflow.core import ksdd as ksdd_core
+from numpyro_gflow.core.kernels import IMQKernel, Kernel, RBFKernel
+from numpyro_gflow.core.optim import as_optimizer, coin_betting
+from numpyro_gflow.engines.base import ParticleEngine
+from numpyro_gflow.engines.svgd import SVGD
 
 __all__ = ["CoinSVGD", "KSDD", "CoinKSDD"]
 
@@ -28,7 +28,7 @@ def _check_kernel(kernel):
     return kernel
 
 
-class CoinSVGD(svgd_core.SVGD):
+class CoinSVGD(SVGD):
     """SVGD without a learning rate: the SVGD direction drives coin betting.
 
     Args:
@@ -49,9 +49,10 @@ class CoinSVGD(svgd_core.SVGD):
     tolerates_non_finite_objective = True
 
     def __init__(self, model, *, num_particles: int | None = 100, kernel: Kernel | None = None,
-                 alpha: float = 0.0, init_strategy=init_to_uniform):
+                 alpha: float = 0.0, trace_ksd: bool = False, init_strategy=init_to_uniform):
         super().__init__(model, num_particles=num_particles, optimizer=coin_betting(alpha),
-                         kernel=_check_kernel(kernel), init_strategy=init_strategy)
+                         kernel=_check_kernel(kernel), trace_ksd=trace_ksd,
+                         init_strategy=init_strategy)
 
 
 class KSDD(ParticleEngine):

@@ -1,0 +1,65 @@
+"""The one `numpyro.infer.mcmc.MCMCKernel` adapter of the particle engines.
+
+With ``MCMC(engine, num_warmup=W, num_samples=S, num_chains=n, chain_method="vectorized")`` each
+chain is a particle and each MCMC step is one engine step (an ensemble kernel, like
+``numpyro.infer.AIES``). For the same key, the particles after ``W + S`` MCMC steps are those of
+``engine.run(key, W + S)``. The adapter uses the engine's own hooks and compile cache: the
+same bridge, initial points and step as ``run``.
+
+Note on diagnostics: the chains of one ensemble interact (the particles repel each other), so
+MCMC's per-chain diagnostics (r_hat, n_eff) do not have their usual meaning; read the
+ensemble's moments instead (``mcmc.get_samples()`` pools the particles).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from numpyro.infer.mcmc import MCMCKernel
+from numpyro.util import is_prng_key
+
+__all__ = ["EnsembleKernel"]
+
+
+class EnsembleKernel(MCMCKernel):
+    """Mixin: a particle engine as an ensemble ``MCMCKernel`` (one particle per chain)."""
+
+    _kernel_bridge = None
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def sample_field(self):
+        return "particles"
+
+    @property
+    def is_ensemble_kernel(self):
+        return True
+
+    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
+        from numpyro_gflow.engines.base import Target
+        from numpyro_gflow.engines.driver import compile_engine
+
+        if is_prng_key(rng_key) or jnp.ndim(rng_key) == 0:
+            raise ValueError(
+                f"{type(self).__name__} is an ensemble kernel: use MCMC(..., num_chains=n_particles, "
+                "chain_method='vectorized') with num_chains >= 2 (each chain is a particle)."
+            )
+        compiled, dynamic = compile_engine(self, model_args, model_kwargs)
+        self._kernel_bridge = compiled.bridge
+        z = self._initial_points(compiled, dynamic, rng_key, init_params)
+        z = self._from_unconstrained(z, compiled.bridge)
+        return self._core_init(z, self._state_key(rng_key), Target(compiled.bridge, model_args, model_kwargs))
+
+    def sample(self, state, model_args, model_kwargs):
+        from numpyro_gflow.engines.base import Target
+
+        return self._core_step(state, Target(self._kernel_bridge, model_args, model_kwargs))[0]
+
+    def postprocess_fn(self, model_args, model_kwargs):
+        bridge = self._kernel_bridge
+        return lambda z: self._constrain_one(bridge, z, model_args, model_kwargs)
+
+    def get_diagnostics_str(self, state):
+        return ""

@@ -1,0 +1,69 @@
+"""SVGD on a NumPyro model: the engine over `numpyro_gflow.core.svgd`."""
+
+from __future__ import annotations
+
+import optax
+from numpyro.infer.initialization import init_to_uniform
+
+from numpyro_gflow._validate import check_flag
+from numpyro_gflow.core.kernels import IMQKernel, Kernel, RBFKernel
+from numpyro_gflow.core.optim import as_optimizer
+from numpyro_gflow.core.svgd import init, step
+from numpyro_gflow.engines.base import ParticleEngine
+
+__all__ = ["SVGD"]
+
+
+class SVGD(ParticleEngine):
+    """Stein variational gradient descent on a NumPyro model.
+
+    Args:
+        model: a NumPyro model with continuous latent sites.
+        num_particles: particles for `run` (the ``MCMC`` path takes ``num_chains``).
+        step_size: step size of the default optimizer, the SVGD reference code's AdaGrad
+            (`svgd_adagrad`). For plain SVGD
+            ``x += eps * phi(x)`` pass ``optimizer=optax.sgd(eps)`` instead.
+        optimizer: any optax ``GradientTransformation`` (it receives ``-phi``).
+        kernel: `RBFKernel` (median heuristic, default) or
+            `IMQKernel`. Its ``block_size`` picks the memory layout of the kernel sums:
+            ``"auto"`` (default) is dense up to 8192 particles and row blocks of 512 above
+            (peak memory linear in n, same numbers to float tolerance); ``None`` forces dense,
+            an int sets the block, e.g. ``kernel=RBFKernel(block_size=1024)``.
+        init_strategy: NumPyro init strategy, applied per particle with its own key (default
+            ``init_to_uniform``: uniform in (-2, 2) in the unconstrained space).
+
+        trace_ksd: also trace ``ksd`` per step (IMQ kernel Stein discrepancy of the particles at
+            the start of the step, with the step's possibly mini-batch score). Off by default:
+            it costs O(n^2 d) per step, as much as the step itself.
+
+    The per-step trace holds ``stein_sq_norm`` (mean squared norm of the SVGD direction, the
+    objective: it goes to ~0 at a fixed point), ``bandwidth``, ``mean_log_density`` (and
+    ``ksd`` with ``trace_ksd=True``).
+
+    Example:
+        ```python
+        result = SVGD(model, num_particles=100, step_size=0.05).run(jax.random.key(0), 2000, X, y)
+        result.get_samples()
+        ```
+    """
+
+    objective = "stein_sq_norm"
+
+    def __init__(self, model, *, num_particles: int | None = 100, step_size: float | None = None,
+                 optimizer: optax.GradientTransformation | None = None,
+                 kernel: Kernel | None = None, trace_ksd: bool = False,
+                 init_strategy=init_to_uniform):
+        super().__init__(model, num_particles=num_particles, init_strategy=init_strategy)
+        self.trace_ksd = check_flag("trace_ksd", trace_ksd)
+        if step_size is None and optimizer is None:
+            step_size = 0.05
+        self.optimizer = as_optimizer(step_size, optimizer)
+        self.kernel = RBFKernel() if kernel is None else kernel
+        if not isinstance(self.kernel, (RBFKernel, IMQKernel)):
+            raise TypeError(f"kernel must be an RBFKernel or IMQKernel, got {type(self.kernel).__name__}")
+
+    def _core_init(self, particles, rng_key, target):
+        return init(particles, self.optimizer, rng_key)
+
+    def _core_step(self, state, score_fn):
+        return step(state, score_fn, self.kernel, self.optimizer, with_ksd=self.trace_ksd)
