@@ -48,13 +48,13 @@ $(BENCH_STAMP): $(STAMP)
 
 # every engine vs NUTS / SVI / NumPyro SteinVI on the model set (writes benchmarks/results/);
 # then scaling: steps/s and peak memory vs particles and data rows against NumPyro SteinVI and
-# BlackJAX (benchmarks/SCALE.md, scale.png), and one blocked step's memory at 20,000 particles
-# for SVGD and KSD descent (benchmarks/SCALE_MEMORY*.md)
+# BlackJAX (benchmarks/experiments/scale/: SCALE.md, scale.png), and one blocked step's memory
+# at 20,000 particles for SVGD and KSD descent (benchmarks/experiments/scale_memory/SCALE_MEMORY*.md)
 bench: $(BENCH_STAMP)
 	$(VPY) -m benchmarks.run
-	$(VPY) benchmarks/scale.py
-	$(VPY) benchmarks/scale_memory.py
-	$(VPY) benchmarks/scale_memory.py ksdd
+	$(VPY) benchmarks/experiments/scale/scale.py
+	$(VPY) benchmarks/experiments/scale_memory/scale_memory.py
+	$(VPY) benchmarks/experiments/scale_memory/scale_memory.py ksdd
 
 docs: $(STAMP)
 	$(VPY) -m mkdocs build --strict -d site

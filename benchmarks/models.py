@@ -31,10 +31,10 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from numpyro_gflow.datasets import load_breast_cancer
+
 __all__ = ["BenchModel", "MODELS", "MODEL_NAMES", "get_model", "load_reference", "REFERENCE_DIR"]
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = ROOT / "examples" / "data"
 REFERENCE_DIR = Path(__file__).resolve().parent / "references"
 
 
@@ -62,18 +62,6 @@ class BenchModel:
 
 
 # ---------------------------------------------------------------------- 1. logistic regression
-def load_breast_cancer(path: Path = DATA_DIR / "breast_cancer.csv"):
-    """(X standardised (569, 30) float32, y (569,) int32); see examples/data/README.md."""
-    with open(path) as f:
-        header = f.readline().strip().split(",")
-    n_samples, n_features = int(header[0]), int(header[1])
-    table = np.loadtxt(path, delimiter=",", skiprows=1)
-    assert table.shape == (n_samples, n_features + 1), table.shape
-    X, y = table[:, :-1], table[:, -1].astype(np.int32)
-    X = (X - X.mean(axis=0)) / X.std(axis=0)
-    return jnp.asarray(X, jnp.float32), jnp.asarray(y)
-
-
 def logistic_regression(X, y=None):
     b = numpyro.sample("b", dist.Normal(0.0, 5.0))
     w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
@@ -82,7 +70,8 @@ def logistic_regression(X, y=None):
 
 
 def _logistic() -> BenchModel:
-    X, y = load_breast_cancer()
+    X, y = load_breast_cancer()          # standardised (population sd), float64 / int32
+    X, y = jnp.asarray(X, jnp.float32), jnp.asarray(y)
     return BenchModel(
         name="logistic",
         description="Bayesian logistic regression, breast-cancer data (569 x 30, standardised); "

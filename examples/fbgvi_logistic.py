@@ -63,6 +63,7 @@ from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO  # noqa: E402
 from numpyro.infer.autoguide import AutoMultivariateNormal  # noqa: E402
 
 import numpyro_gflow as gf  # noqa: E402
+from numpyro_gflow.datasets import BREAST_CANCER_CLASSES, load_breast_cancer  # noqa: E402
 
 SMOKE = os.environ.get("GFLOW_EXAMPLE_SMOKE", "") not in ("", "0")
 FBGVI_STEPS = 100 if SMOKE else 600
@@ -76,32 +77,13 @@ print(f"setting: {'smoke (GFLOW_EXAMPLE_SMOKE=1)' if SMOKE else 'full'}: FB-GVI 
 # %% [markdown]
 # ## Data
 #
-# `data/breast_cancer.csv` is scikit-learn's bundled copy of the UCI Breast Cancer Wisconsin
-# (Diagnostic) data (see `data/README.md`): a header line `n_samples,n_features,class
-# names...`, then 30 features and the target per row. We standardise the features.
+# `numpyro_gflow.datasets.load_breast_cancer()`: scikit-learn's copy of the UCI Breast Cancer
+# Wisconsin (Diagnostic) data, shipped with the package (see `numpyro_gflow/datasets/README.md`),
+# 30 features and the target per row, the features standardised.
 
 # %%
-def data_dir() -> Path:
-    try:
-        return Path(__file__).resolve().parent / "data"
-    except NameError:  # in a notebook: run from examples/ or from the repository root
-        for candidate in (Path.cwd() / "data", Path.cwd() / "examples" / "data"):
-            if (candidate / "breast_cancer.csv").exists():
-                return candidate
-        return Path.cwd() / "data"
-
-
-def load_breast_cancer(path: Path):
-    with open(path) as f:
-        header = f.readline().strip().split(",")
-    n_samples, n_features = int(header[0]), int(header[1])
-    table = np.loadtxt(path, delimiter=",", skiprows=1)
-    assert table.shape == (n_samples, n_features + 1), table.shape
-    return table[:, :-1], table[:, -1].astype(np.int32), header[2:]
-
-
-X_raw, y_np, class_names = load_breast_cancer(data_dir() / "breast_cancer.csv")
-X_np = (X_raw - X_raw.mean(axis=0)) / X_raw.std(axis=0)
+X_np, y_np = load_breast_cancer()
+class_names = BREAST_CANCER_CLASSES
 N, D = X_np.shape
 X, y = jnp.asarray(X_np, dtype=jnp.float32), jnp.asarray(y_np)
 print(f"data: N={N} rows, D={D} features; classes {class_names}")
@@ -176,7 +158,8 @@ t_nuts = time.perf_counter() - t0
 # -57.16. SVI with a constant learning rate keeps jittering around the optimum on its one-draw
 # gradients, which costs it about 0.2 nats here; FB-GVI's deterministic steps settle. The
 # price: FB-GVI's exact-Hessian steps did far more work (the "work" line below). At *equal*
-# work SVI is ahead early on; see `benchmarks/FBGVI_CURVES.md` for ELBO-vs-work curves.
+# work SVI is ahead early on; see `benchmarks/experiments/fbgvi_curves/FBGVI_CURVES.md` for
+# ELBO-vs-work curves.
 
 # %%
 def elbo_of(guide_fn, params, key):
@@ -294,6 +277,6 @@ fig.tight_layout()
 try:
     plot_path = Path(__file__).resolve().parent / "fbgvi_logistic.png"
 except NameError:  # in a notebook
-    plot_path = data_dir().parent / "fbgvi_logistic.png"
+    plot_path = Path.cwd() / "fbgvi_logistic.png"
 fig.savefig(plot_path, dpi=110)
 print(f"saved {plot_path}")

@@ -41,6 +41,7 @@ import numpyro.distributions as dist  # noqa: E402
 from numpyro.infer import MCMC, NUTS  # noqa: E402
 
 import numpyro_gflow as gf  # noqa: E402
+from numpyro_gflow.datasets import BREAST_CANCER_CLASSES, load_breast_cancer  # noqa: E402
 
 SMOKE = os.environ.get("GFLOW_EXAMPLE_SMOKE", "") not in ("", "0")
 SVGD_STEPS = 200 if SMOKE else 2000
@@ -49,35 +50,15 @@ NUM_WARMUP, NUM_SAMPLES = (200, 200) if SMOKE else (500, 1000)
 # %% [markdown]
 # ## Data
 #
-# `data/breast_cancer.csv` is scikit-learn's bundled copy of the UCI Breast Cancer Wisconsin
-# (Diagnostic) data (see `data/README.md`). Its first line is
-# `n_samples,n_features,class names...`; each following row is 30 features and the target
-# (0 = malignant, 1 = benign). We standardise the features; the model has its own intercept,
-# so no column of ones is added.
+# `numpyro_gflow.datasets.load_breast_cancer()` reads scikit-learn's copy of the UCI Breast
+# Cancer Wisconsin (Diagnostic) data, which ships with the package (source and licence:
+# `numpyro_gflow/datasets/README.md`): 30 features and the target per tumour (0 = malignant,
+# 1 = benign), the features standardised (mean 0, sd 1). The model has its own intercept, so
+# no column of ones is added.
 
 # %%
-def data_dir() -> Path:
-    try:
-        return Path(__file__).resolve().parent / "data"
-    except NameError:  # in a notebook: run from examples/ or from the repository root
-        for candidate in (Path.cwd() / "data", Path.cwd() / "examples" / "data"):
-            if (candidate / "breast_cancer.csv").exists():
-                return candidate
-        return Path.cwd() / "data"
-
-
-def load_breast_cancer(path: Path):
-    with open(path) as f:
-        header = f.readline().strip().split(",")
-    n_samples, n_features = int(header[0]), int(header[1])
-    class_names = header[2:]
-    table = np.loadtxt(path, delimiter=",", skiprows=1)
-    assert table.shape == (n_samples, n_features + 1), table.shape
-    return table[:, :-1], table[:, -1].astype(np.int32), class_names
-
-
-X_raw, y_np, class_names = load_breast_cancer(data_dir() / "breast_cancer.csv")
-X_np = (X_raw - X_raw.mean(axis=0)) / X_raw.std(axis=0)
+X_np, y_np = load_breast_cancer()
+class_names = BREAST_CANCER_CLASSES
 N, D = X_np.shape
 X, y = jnp.asarray(X_np, dtype=jnp.float32), jnp.asarray(y_np)
 print(f"data: N={N} rows, D={D} features; classes {class_names}; "
@@ -215,7 +196,7 @@ fig.tight_layout()
 
 try:
     plot_path = Path(__file__).resolve().parent / "quickstart.png"
-except NameError:
-    plot_path = data_dir().parent / "quickstart.png"
+except NameError:  # in a notebook
+    plot_path = Path.cwd() / "quickstart.png"
 fig.savefig(plot_path, dpi=120)
 print(f"saved {plot_path}")

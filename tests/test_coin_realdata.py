@@ -3,8 +3,9 @@
 Sharrock & Nemeth, "Coin Sampling: Gradient-Based Bayesian Inference without Learning Rates"
 (ICML 2023) report that on Bayesian logistic regression (covertype) and Bayesian neural
 networks (UCI regression sets) Coin SVGD, which has no learning rate, does about as well as
-SVGD with the best learning rate from a grid. We check the same claim on the data shipped in
-``examples/data`` (see its README; benchmarks/COIN_REALDATA.md has the full numbers):
+SVGD with the best learning rate from a grid. We check the same claim on the data shipped with
+the package (``numpyro_gflow.datasets``, see its README;
+benchmarks/experiments/coin_realdata/COIN_REALDATA.md has the full numbers):
 
 * Bayesian logistic regression, Wisconsin breast cancer (569 x 30), 50 particles, mini-batches
   of 100, 2000 steps (the authors' code, github.com/louissharrock/Coin-SVGD bayes_lr.ipynb:
@@ -27,7 +28,7 @@ errors (one-sided: doing better than the tuned baseline is not a failure). To sh
 can fail, the worst learning rate of the same grid must fail it, on every metric.
 
 Seed-to-seed spread (initial particles, mini-batch order) was measured too, over seeds 0-2
-(benchmarks/COIN_REALDATA.md). For the logistic regression it is far below the test-set SE
+(benchmarks/experiments/coin_realdata/COIN_REALDATA.md). For the logistic regression it is far below the test-set SE
 (sd of mean test lpd over seeds: Coin 0.0003, SVGD at 1e-2 0.0003, vs paired SE 0.0012). For
 the BNN it is of the same order (Coin 0.020, SVGD at 0.1 0.050, vs paired SE 0.026-0.08), so
 one seed alone is a noisy draw: the default tests check seed 0, the slow test averages each
@@ -42,7 +43,6 @@ a session cache), 83 s on its own.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -53,8 +53,9 @@ import pytest
 from jax.scipy.special import logsumexp
 
 import numpyro_gflow as gf
+from numpyro_gflow.datasets import load_breast_cancer as _raw_breast_cancer
+from numpyro_gflow.datasets import load_diabetes as _raw_diabetes
 
-DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 LEARNING_RATES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)   # SVGD step sizes (reference AdaGrad)
 NUM_STEPS = 2000
 BATCH = 100
@@ -71,9 +72,8 @@ def _split(n, train_frac=0.8, seed=0):
 
 def load_breast_cancer():
     """Standardised (train statistics) features and 0/1 targets, 455 train / 114 test."""
-    table = np.loadtxt(DATA / "breast_cancer.csv", delimiter=",", skiprows=1)
-    assert table.shape == (569, 31), table.shape
-    X, y = table[:, :-1], table[:, -1].astype(np.int32)
+    X, y = _raw_breast_cancer(standardize=False)
+    assert X.shape == (569, 30), X.shape
     train, test = _split(len(y))
     X = (X - X[train].mean(0)) / X[train].std(0)
     as_f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
@@ -82,9 +82,8 @@ def load_breast_cancer():
 
 def load_diabetes():
     """Standardised X and y (train statistics), 354 train / 88 test; test y in original units."""
-    table = np.loadtxt(DATA / "diabetes.csv", delimiter=",", skiprows=1)
-    assert table.shape == (442, 11), table.shape
-    X, y = table[:, :-1], table[:, -1]
+    X, y = _raw_diabetes(standardize=False)
+    assert X.shape == (442, 10), X.shape
     train, test = _split(len(y))
     X = (X - X[train].mean(0)) / X[train].std(0)
     y_mean, y_sd = float(y[train].mean()), float(y[train].std())
@@ -124,7 +123,8 @@ def bnn_model(X, y):
     (step 1e-2) with 20 particles slide into it within 2000 steps: the network switches off and
     predicts the training mean (test RMSE 68-70; predicting the mean gives 70.3). SVGD with
     steps <= 1e-3 has not got there after 10000 steps. That compares how fast each engine finds
-    the funnel's neck rather than how well it fits the posterior (benchmarks/COIN_REALDATA.md).
+    the funnel's neck rather than how well it fits the posterior
+    (benchmarks/experiments/coin_realdata/COIN_REALDATA.md).
     """
     d = X.shape[1]
     gamma = numpyro.sample("gamma", dist.Gamma(1.0, 0.1))

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,16 +117,19 @@ def test_logistic_regression_elbo_beats_automvn_at_equal_gradients():
 @pytest.mark.slow   # ~12 s; the same claim on the authors' own problem is in the default run (below)
 def test_fbgvi_stable_past_one_over_beta_where_bw_sgd_is_not():
     # On the benchmark's target (breast-cancer logistic regression, d = 31; see
-    # benchmarks/FBGVI_CURVES.md), deterministic FB-GVI and BW-SGD with the same draws and exact
-    # Hessian agree for h <= 1/beta, but only FB-GVI's backward (JKO) entropy step stays stable at
-    # h = 1.5/beta; so before convergence FB-GVI's best step beats every BW-SGD step of the grid.
-    from benchmarks.fbgvi_curves import bw_sgd_step, load_data
-    from benchmarks.fbgvi_curves import model as bc_model
+    # benchmarks/experiments/fbgvi_curves/FBGVI_CURVES.md), deterministic FB-GVI and BW-SGD with
+    # the same draws and exact Hessian agree for h <= 1/beta, but only FB-GVI's backward (JKO)
+    # entropy step stays stable at h = 1.5/beta; so before convergence FB-GVI's best step beats
+    # every BW-SGD step of the grid.
     from numpyro.infer.util import potential_energy
+    from support import breast_cancer_theta_model as bc_model
+    from support import bw_sgd_step
 
     from numpyro_gflow.core import fbgvi
+    from numpyro_gflow.datasets import load_breast_cancer
 
-    args = load_data()
+    X, y = load_breast_cancer()
+    args = (jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32))
     d = args[0].shape[1] + 1
     V = lambda z: potential_energy(bc_model, args, {}, {"theta": z})  # noqa: E731
     score_fn = lambda x, key: jax.vmap(jax.value_and_grad(lambda z: -V(z)))(x)  # noqa: E731
@@ -159,9 +164,10 @@ def test_fbgvi_stable_past_one_over_beta_where_bw_sgd_is_not():
 
 def test_paper_gaussian_figure_step_size_claims():
     # The Gaussian-target experiment of Diao et al. (2023) as set up in the authors' notebook
-    # (benchmarks/fbgvi_paper.py, benchmarks/FBGVI_PAPER.md): d = 5, covariance eigenvalues
-    # 1..100 in a random basis (beta = 1), start N(0, I), exact expectations; float32 here.
-    from benchmarks.fbgvi_paper import kl_path, make_target, predicted_bias, predicted_plateau
+    # (benchmarks/experiments/fbgvi_paper/: fbgvi_paper.py, FBGVI_PAPER.md): d = 5, covariance
+    # eigenvalues 1..100 in a random basis (beta = 1), start N(0, I), exact expectations; float32
+    # here.
+    from support import kl_path, make_target, predicted_bias, predicted_plateau
 
     target = make_target()
     A = target[2]
@@ -191,12 +197,13 @@ def test_paper_gaussian_figure_step_size_claims():
 
 
 def test_fbgvi_beats_bw_sgd_in_the_authors_logistic_experiment():
-    # benchmarks/fbgvi_notebook.py (the authors' notebook setting: d = 10, n = 20, flat prior,
-    # one draw per step, start N(0, I)). At eta = 8 (>= 2 / beta) BW-SGD's covariance loses
+    # benchmarks/experiments/fbgvi_notebook/ (the authors' notebook setting: d = 10, n = 20, flat
+    # prior, one draw per step, start N(0, I)). At eta = 8 (>= 2 / beta) BW-SGD's covariance loses
     # definiteness or blows up while FB-GVI's JKO step keeps it SPD; at eta = 1 (<= 1 / beta)
     # the two coincide. measured (5 seeds, 200 steps at eta = 8): final F median FB-GVI -11.2,
     # BW-SGD -8.3 with one run failed; eta = 1, 1600 steps: -13.636 vs -13.633.
-    from benchmarks.fbgvi_notebook import make_data, make_runner
+    from support import notebook_logistic_data as make_data
+    from support import notebook_runner as make_runner
 
     _, X, y = make_data()
     run = make_runner(X, y)[0]
@@ -220,20 +227,22 @@ def test_stochastic_fbgvi_on_eight_schools_needs_the_local_step_cap():
     # keeps h <= 1 / |lambda|_max of each step's Hessian estimate. Measured (seeds 0-3): worst
     # mean error 0.22 / 0.08 / 0.10 / 0.17 NUTS sd (mu, log tau, theta_tilde); log tau's sd
     # 0.54-0.69 of NUTS's (a Gaussian on a funnel-shaped posterior, as AutoMultivariateNormal).
-    from benchmarks.models import get_model, load_reference
+    # NUTS reference: means and sds of (mu, log tau, theta_tilde) from the benchmark suite's
+    # cached draws (tests/data/make_reference_moments.py); the model is the suite's.
+    from support import EIGHT_SCHOOLS_SIGMA, EIGHT_SCHOOLS_Y, eight_schools_noncentered
 
-    bm = get_model("eight_schools")
-    ref, _ = load_reference("eight_schools")
+    ref = np.load(Path(__file__).parent / "data" / "eight_schools_nuts_moments.npz")
+    args = (jnp.asarray(EIGHT_SCHOOLS_SIGMA), jnp.asarray(EIGHT_SCHOOLS_Y))
 
     def flat(s):
         return np.column_stack([np.asarray(s["mu"]), np.log(np.asarray(s["tau"])),
                                 np.asarray(s["theta_tilde"])])
 
-    exact = flat(ref)
-    res = gf.FBGVI(bm.model, stochastic=True).run(jax.random.key(0), 2000, *bm.args, progress_bar=False)
+    res = gf.FBGVI(eight_schools_noncentered, stochastic=True).run(jax.random.key(0), 2000, *args,
+                                                                   progress_bar=False)
     assert res.status == "ok"
     draws = flat(res.get_samples(8000, jax.random.key(100)))
-    err = np.max(np.abs(draws.mean(0) - exact.mean(0)) / exact.std(0))
+    err = np.max(np.abs(draws.mean(0) - ref["mean"]) / ref["sd"])
     assert err < 0.3, err
     # the cap bound (without it this run turns non-finite at step 7: checked by hand, and the
     # benchmark's eight-schools row failed that way before the cap)

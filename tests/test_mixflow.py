@@ -241,7 +241,8 @@ def test_banana_elbo_ordering_mixflow_planar_meanfield():
     # The issue's ordering on the authors' banana, in their settings (L = 50, step 0.016 in every
     # coordinate: step_scale="unit"). measured (3 keys x 2000 draws): N = 1000 -0.363 / -0.360 /
     # -0.366 (+- 0.011), N = 2000 -0.34 / -0.347 / -0.351; mean-field reference -1.242; a
-    # 10-layer planar flow -0.407 +- 0.004 (benchmarks/MIXFLOW_TARGETS.md; not retrained here).
+    # 10-layer planar flow -0.407 +- 0.004 (benchmarks/experiments/mixflow_targets/
+    # MIXFLOW_TARGETS.md; not retrained here).
     # With the default step_scale="reference" the best was -0.456 (N = 2000, step 0.008).
     res = gf.MixFlow(banana, flow_length=1000, num_leapfrog=50, step_size=0.016,
                      step_scale="unit", num_draws=10).run(jax.random.key(0), 5000, progress_bar=False)
@@ -296,14 +297,18 @@ def test_bad_arguments_name_themselves(kwargs, name):
 
 
 def test_real_data_regression_means_match_nuts():
-    # issue criterion: a real-data regression (diabetes, 442 x 10, shipped in examples/data),
+    # issue criterion: a real-data regression (diabetes, 442 x 10, numpyro_gflow.datasets),
     # posterior means within 0.1 NUTS sd. Reference: cached NUTS moments (4 x 10,000 draws,
     # tests/data/make_diabetes_nuts.py; Monte Carlo error ~0.007 sd per mean, ~0.02 for the
     # worst of 12). Errors are measured on 4000 flow draws (MC error ~0.016 sd per mean,
     # ~0.04 for the worst of 12; key 1 measured 0.093-0.110 over four draw keys).
-    from benchmarks.mixflow_realdata import load, log_evidence, model
+    # the model and exact evidence of benchmarks/experiments/mixflow_realdata (copies in support)
+    from support import diabetes_log_evidence as log_evidence
+    from support import diabetes_regression as model
 
-    X, y = load()
+    from numpyro_gflow.datasets import load_diabetes
+
+    X, y = (jnp.asarray(a, jnp.float32) for a in load_diabetes())
     ref = np.load(Path(__file__).parent / "data" / "diabetes_nuts_moments.npz")
     res = gf.MixFlow(model, flow_length=100, num_leapfrog=20).run(jax.random.key(1), 3000, X, y,
                                                                   progress_bar=False)
@@ -326,7 +331,8 @@ def test_real_data_regression_means_match_nuts():
     assert s["elbo"] > s["reference_elbo"], s
 
     # the ELBO criterion (>= AutoIAFNormal / AutoBNAFNormal at equal wall time; measured in
-    # benchmarks/MIXFLOW_REALDATA.md: their KL to the exact evidence is 0.13-0.25 nats there):
+    # benchmarks/experiments/mixflow_realdata/MIXFLOW_REALDATA.md: their KL to the exact
+    # evidence is 0.13-0.25 nats there):
     # with the full-rank reference and the ELBO step rule, KL < 0.1 against the exact log
     # evidence (measured 0.009 / 0.006 / 0.000 +- 0.008 for keys 1-3; its reference alone
     # 0.015-0.025); the mean-field MixFlow's was 1.4
@@ -357,9 +363,10 @@ def test_paper_targets_energy_distance_within_1_5_nuts(name):
     # issue criterion on the paper's other 2-d targets (the banana is in the default run:
     # test_acceptance_rule_gives_posterior_draws): energy distance to exact draws at most 1.5x
     # that of as many NUTS draws. Measured here (N = 300, 1000 draws): ratios 0.07 (cross),
-    # 0.18 (funnel), 0.05 (warped Gaussian); benchmarks/MIXFLOW_TARGETS.md (N = 1000, 2000
-    # draws): 0.03, 0.21, 0.07. Slow (20 s for the three): `make test-slow`.
-    from benchmarks.mixflow_targets import run_target
+    # 0.18 (funnel), 0.05 (warped Gaussian); benchmarks/experiments/mixflow_targets/
+    # MIXFLOW_TARGETS.md (N = 1000, 2000 draws): 0.03, 0.21, 0.07. Slow (20 s for the three):
+    # `make test-slow`. The targets and run_target are copies of that experiment's (support).
+    from support import run_target
 
     row = run_target(name, draws=1000, flow_length=300, reference_steps=3000)
     assert row["ed_mixflow"] <= 1.5 * row["ed_nuts"], row

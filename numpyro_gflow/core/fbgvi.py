@@ -39,6 +39,7 @@ import jax.numpy as jnp
 __all__ = [
     "FBGVIInfo",
     "FBGVIState",
+    "bw_sgd_step",
     "init",
     "jko_entropy",
     "moment_matched_draws",
@@ -81,11 +82,9 @@ def init(mean, cov, step_size, alpha, draws, rng_key) -> FBGVIState:
                       jnp.asarray(alpha, dtype), draws, rng_key)
 
 
-def step(state: FBGVIState, score_fn, hvp_fn, hessian: str,
-         stochastic: bool, local_cap: bool = False) -> tuple[FBGVIState, FBGVIInfo]:
-    """One FB-GVI step. ``local_cap``: also keep ``h <= 1 / |lambda|_max`` of this step's
-    Hessian estimate (the paper's ``h <= 1 / beta`` checked where the draws are; inactive on a
-    ``beta``-smooth log-concave target started with ``h = 1 / beta``)."""
+def _estimates(state: FBGVIState, score_fn, hvp_fn, hessian: str, stochastic: bool):
+    """What a step of FB-GVI (and of BW-SGD) needs at ``N(m, S)``: the draws' log densities,
+    the mean gradient of V and the Hessian estimate, and the step ``h`` of the schedule."""
     step_size, alpha, draws = state.step_size, state.alpha, state.draws
     rng_key, draw_key, batch_key = jax.random.split(state.rng_key, 3)
     m, S = state.particles[0], state.cov
@@ -107,17 +106,43 @@ def step(state: FBGVIState, score_fn, hvp_fn, hessian: str,
         h = jnp.minimum(step_size, 1.0 / (alpha * (state.count + 1.0 / (alpha * step_size))))
     else:
         h = jnp.asarray(step_size, m.dtype)
+    return m, S, C, log_pi, jnp.mean(grad_v, 0), e_hess, h, rng_key
+
+
+def step(state: FBGVIState, score_fn, hvp_fn, hessian: str,
+         stochastic: bool, local_cap: bool = False) -> tuple[FBGVIState, FBGVIInfo]:
+    """One FB-GVI step. ``local_cap``: also keep ``h <= 1 / |lambda|_max`` of this step's
+    Hessian estimate (the paper's ``h <= 1 / beta`` checked where the draws are; inactive on a
+    ``beta``-smooth log-concave target started with ``h = 1 / beta``)."""
+    m, S, C, log_pi, mean_grad_v, e_hess, h, rng_key = _estimates(state, score_fn, hvp_fn,
+                                                                   hessian, stochastic)
+    d = m.shape[0]
     if local_cap:
         # curvature the start's beta missed (not log-concave, not globally smooth: eight
         # schools' funnel) makes |I - h H| > 1, and S' = M S M^T grows without bound
         top = jnp.max(jnp.abs(jnp.linalg.eigvalsh(e_hess)))
         h = jnp.where(jnp.isfinite(top) & (h * top > 1.0), 1.0 / top, h)
-    m_new = m - h * jnp.mean(grad_v, 0)
+    m_new = m - h * mean_grad_v
     M = jnp.eye(d, dtype=m.dtype) - h * e_hess
     S_new, min_eig = jko_entropy(M @ S @ M.T, h)
     info = FBGVIInfo(jnp.mean(log_pi) + _gaussian_entropy(C), h, min_eig)
     return state._replace(particles=m_new[None], cov=S_new, count=state.count + 1,
                           rng_key=rng_key), info
+
+
+def bw_sgd_step(state: FBGVIState, score_fn, hvp_fn, hessian: str, stochastic: bool) -> FBGVIState:
+    """The FB-GVI paper's baseline, Bures-Wasserstein SGD (Lambert et al. 2022), written like
+    `step` (same draws, random stream, Hessian estimator and step schedule) but with the
+    entropy's gradient explicit, ``M = I - h (E[grad^2 V] - S^{-1})``, and no backward (JKO)
+    step: it loses definiteness where ``h`` exceeds ``1 / beta`` (benchmarks/experiments)."""
+    m, S, C, _, mean_grad_v, e_hess, h, rng_key = _estimates(state, score_fn, hvp_fn, hessian,
+                                                             stochastic)
+    eye = jnp.eye(m.shape[0], dtype=m.dtype)
+    S_inv = jax.scipy.linalg.cho_solve((C, True), eye)
+    M = eye - h * (e_hess - 0.5 * (S_inv + S_inv.T))
+    S_new = M @ S @ M.T
+    return state._replace(particles=(m - h * mean_grad_v)[None], cov=0.5 * (S_new + S_new.T),
+                          count=state.count + 1, rng_key=rng_key)
 
 
 def moment_matched_draws(key, num, d):

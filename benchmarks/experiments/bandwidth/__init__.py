@@ -1,0 +1,1 @@
+"""Cost of the median-heuristic bandwidth (`bandwidth.py`; prints its table)."""

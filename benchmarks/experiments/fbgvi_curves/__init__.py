@@ -1,0 +1,2 @@
+"""FB-GVI vs BW-SGD vs NumPyro SVI, ELBO per unit of work
+(`fbgvi_curves.py` -> `FBGVI_CURVES.md`)."""

@@ -1,0 +1,2 @@
+"""The FB-GVI authors' logistic-regression experiment
+(`fbgvi_notebook.py` -> `FBGVI_NOTEBOOK.md`, `.png`)."""

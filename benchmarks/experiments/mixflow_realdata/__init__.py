@@ -1,0 +1,2 @@
+"""MixFlow on the diabetes regression vs NumPyro's flow guides
+(`mixflow_realdata.py` -> `MIXFLOW_REALDATA.md`)."""
