@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import inspect
 import os
 import platform
 import subprocess
@@ -70,6 +69,8 @@ from numpyro.infer.initialization import init_to_uniform
 
 import numpyro_gflow as gf
 from numpyro_gflow import diagnostics
+from numpyro_gflow.engines.base import DensityEngine, ParticleEngine
+from numpyro_gflow.engines.base import Engine as EngineBase
 
 from benchmarks.models import MODEL_NAMES, BenchModel, get_model, load_reference
 
@@ -140,14 +141,14 @@ class GflowEngine(Engine):
 
     def describe(self, cfg):
         kw = ", ".join(f"{k}={v}" for k, v in self.kwargs(cfg).items())
-        size = f"{cfg.num_particles} particles, " if _accepts(self.cls, "num_particles") else ""
+        size = f"{cfg.num_particles} particles, " if issubclass(self.cls, ParticleEngine) else ""
         return (f"`numpyro_gflow.{self.cls.__name__}`, {size}{cfg.particle_steps} steps"
                 + (f", {kw}" if kw else "") + ("" if self.name in GFLOW_ENGINES else
                                                " (found at run time; its default settings)"))
 
     def build(self, bm, cfg):
         opts = self.options(bm, self.name, self.kwargs(cfg))
-        particles = _accepts(self.cls, "num_particles")
+        particles = issubclass(self.cls, ParticleEngine)
         if particles:
             opts = {"num_particles": cfg.num_particles, **opts}
         engine = self.cls(bm.model, **opts)
@@ -157,10 +158,9 @@ class GflowEngine(Engine):
             res = engine.run(rng_key, steps, *bm.args, progress_bar=False, **bm.kwargs)
             jax.block_until_ready(res.unconstrained)
             note = [f"{k}={v}" for k, v in opts.items() if k != "num_particles"]
-            # an engine that fits a density (its result has a sampler) gives fresh draws, as
-            # many as an SVI guide, drawn after the timing as for SVI; a particle engine its
-            # particles
-            fits_density = getattr(res, "_sampler", None) is not None
+            # an engine that fits a density gives fresh draws, as many as an SVI guide, drawn
+            # after the timing as for SVI; a particle engine its particles
+            fits_density = isinstance(engine, DensityEngine)
             if fits_density:
                 note.append(f"{cfg.svi_draws} draws from the fitted density")
 
@@ -174,7 +174,7 @@ class GflowEngine(Engine):
             if grads is None and self.grad_evals is not None:
                 grads = self.grad_evals(engine, steps, res.unconstrained.shape[-1])
             if grads is None:  # an engine that counts its own (MixFlow)
-                grads = getattr(res, "stats", {}).get("grad_evals")
+                grads = (res.stats or {}).get("grad_evals")
             if self.grads_per_particle_step > 1:
                 note.append(f"{self.grads_per_particle_step} grad evals per particle step")
             if grads is None:
@@ -235,22 +235,8 @@ GFLOW_ENGINES: dict[str, Engine] = {
 }
 
 
-def _has_engine_api(obj) -> bool:
-    if not (inspect.isclass(obj) and callable(getattr(obj, "run", None))):
-        return False
-    try:
-        run_params = inspect.signature(obj.run).parameters
-        init_params = inspect.signature(obj).parameters
-    except (TypeError, ValueError):
-        return False
-    return {"rng_key", "num_steps", "progress_bar"} <= set(run_params) and "model" in init_params
-
-
-def _accepts(cls, name: str) -> bool:
-    try:
-        return name in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
+def _is_engine(obj) -> bool:
+    return isinstance(obj, type) and issubclass(obj, EngineBase)
 
 
 def _toy_model():
@@ -272,10 +258,10 @@ def discover_gflow_engines() -> dict[str, Engine]:
     known = {e.cls for e in engines.values() if isinstance(e, GflowEngine)}
     for attr in getattr(gf, "__all__", dir(gf)):
         obj = getattr(gf, attr, None)
-        if obj in known or attr in engines or not _has_engine_api(obj):
+        if obj in known or attr in engines or not _is_engine(obj):
             continue
         try:
-            obj(_toy_model, **({"num_particles": 2} if _accepts(obj, "num_particles") else {}))
+            obj(_toy_model, **({"num_particles": 2} if issubclass(obj, ParticleEngine) else {}))
         except Exception as e:  # noqa: BLE001
             SKIPPED[attr] = f"{type(e).__name__}: {e}"
             continue

@@ -48,12 +48,20 @@ class InferenceResult:
             (``Predictive(model, guide=result.guide, params=result.params, num_samples=...)``);
             ``None`` for particle engines, whose samples go to ``Predictive`` directly.
         params: the guide's parameters (``None`` for particle engines).
+        stats: scalar end-of-run numbers of the engine (MixFlow: its ELBO and standard error,
+            the reference's ELBO, the chosen step size, the inversion error, gradient
+            evaluations), or ``None``; also attributes of ``to_arviz()["trace"]``.
+        flow: MixFlow's fitted flow (`numpyro_gflow.engines.mixflow.MixFlowResult`: sample,
+            augmented-space density, ELBO), ``None`` for other engines.
+        status: ``"ok"``, or why the run ended early (non-finite step, interruption).
+        num_steps: steps the trace covers.
     """
 
     def __init__(self, engine: str, bridge: ModelBridge, model_args: tuple, model_kwargs: dict,
                  unconstrained: jax.Array, trace: dict, state=None,
                  sampler: Optional[Callable] = None, objective: str | None = None,
-                 guide=None, params=None, log_q: Optional[Callable] = None):
+                 guide=None, params=None, log_q: Optional[Callable] = None,
+                 elbo_fn: Optional[Callable] = None, stats: dict | None = None, flow=None):
         self.engine = engine
         self.bridge = bridge
         self.model_args = model_args
@@ -67,6 +75,9 @@ class InferenceResult:
         self.params = params
         self._sampler = sampler
         self._log_q = log_q
+        self._elbo_fn = elbo_fn
+        self.stats = stats
+        self.flow = flow
         self._samples = None
         #: "ok", or why the run ended early (non-finite step, interruption): see engine ``run``
         self.status = "ok"
@@ -111,16 +122,20 @@ class InferenceResult:
         args, kwargs = self.model_args, self.model_kwargs
         return jax.vmap(lambda z: self.bridge.log_density(z, args, kwargs))(self.unconstrained)
 
-    def log_q(self, z) -> jax.Array:
-        """Log density of the fitted approximation at flat unconstrained points ``z`` (n, d)."""
+    def log_q(self, z, *args, **kwargs) -> jax.Array:
+        """Log density of the fitted approximation at flat unconstrained points ``z`` (n, d)
+        (MixFlow: of the latent alone, by importance sampling; extra arguments go to
+        `MixFlowResult.marginal_log_density`)."""
         if self._log_q is None:
             raise ValueError(f"{self.engine} has no density (its result is a set of particles)")
-        return self._log_q(z)
+        return self._log_q(z, *args, **kwargs)
 
     def elbo(self, rng_key, num_samples: int = 1000):
         """Monte Carlo ELBO of the fitted approximation, with its standard error."""
         from numpyro_gflow.diagnostics import elbo
 
+        if self._elbo_fn is not None:   # the engine's own estimator (MixFlow: augmented space)
+            return self._elbo_fn(rng_key, num_samples)
         if self._sampler is None or self._log_q is None:
             raise ValueError(f"{self.engine} has no density, so no ELBO")
         args, kwargs = self.model_args, self.model_kwargs
@@ -157,7 +172,7 @@ class InferenceResult:
             coords={"step": np.arange(1, len(next(iter(self.trace.values()), [])) + 1)},
             attrs={"engine": self.engine, "objective": self.objective or "",
                    # an engine's end-of-run numbers (MixFlow: ELBO, step size, inversion error)
-                   **{k: v for k, v in getattr(self, "stats", {}).items()
+                   **{k: v for k, v in (self.stats or {}).items()
                       if isinstance(v, (int, float, str))}},
         ))
         dt.attrs["inference_library"] = "numpyro_gflow"

@@ -134,7 +134,7 @@ def test_fbgvi_stable_past_one_over_beta_where_bw_sgd_is_not():
     V = lambda z: potential_energy(bc_model, args, {}, {"theta": z})  # noqa: E731
     score_fn = lambda x, key: jax.vmap(jax.value_and_grad(lambda z: -V(z)))(x)  # noqa: E731
     hvp_fn = lambda x, v, key: jax.jvp(jax.grad(V), (x,), (v,))[1]  # noqa: E731
-    start = gf.FBGVI(bc_model).init(jax.random.split(jax.random.PRNGKey(0), 1), 0, model_args=args)
+    start = gf.FBGVI(bc_model).init_state(jax.random.PRNGKey(0), *args)
     eps = jax.random.normal(jax.random.key(1), (2000, d))
 
     def elbo(m, S):

@@ -41,7 +41,7 @@ def test_four_devices_match_one_device():
     for line in out.stdout.splitlines():
         name, steps, _, maxdiff, _, meandiff = line.split()
         rows[(name, int(steps))] = (float(maxdiff), float(meandiff))
-    # Tolerance (documented in ParticleEngine.run): the sums are reordered, so particles agree to
+    # Tolerance (documented in Engine.run): the sums are reordered, so particles agree to
     # float32 round-off as amplified by the dynamics. Measured: SVGD 4e-7 after 50 steps, 2e-5
     # after 300; the mixture's means 1e-6 / 7e-6. (With SVGD's step 0.05 this model's particles
     # keep oscillating, and there a 1e-7 relative perturbation of the start on ONE device grows
@@ -58,7 +58,7 @@ DATA_CODE = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, numpyro, numpyro.distributions as dist
     import numpyro_gflow as gf
     from numpyro_gflow.bridge import ModelBridge
-    from numpyro_gflow.engines.base import ParticleEngine
+    from numpyro_gflow.engines import placement
     assert len(jax.devices()) == 4
 
     def model(X, y=None, num_rows=None):
@@ -72,8 +72,8 @@ DATA_CODE = textwrap.dedent("""
 
     # the rows of X and y (leading axis = the plate's size) are split over the 4 devices
     bridge = ModelBridge.from_model(model, jnp.asarray(X), jnp.asarray(y))
-    mesh = ParticleEngine._data_mesh("auto")
-    Xs, ys = ParticleEngine._shard_rows([jnp.asarray(X), jnp.asarray(y)], bridge, mesh)
+    mesh = placement.data_mesh("auto")
+    Xs, ys = placement.shard_rows([jnp.asarray(X), jnp.asarray(y)], bridge.plate_sizes.values(), mesh)
     assert len(Xs.sharding.device_set) == 4 and not Xs.sharding.is_fully_replicated
     assert Xs.addressable_shards[0].data.shape == (100, 3)
 

@@ -68,8 +68,8 @@ __all__ = [
 ]
 
 #: ``block_size="auto"`` stays dense up to this many particles: there the dense step's XLA
-#: temporaries are about 1 GiB (measured 384 MiB at n = 5000, growing as n^2; benchmarks/
-#: SCALE_MEMORY.md) and the dense exact median is cheaper than the blocked one's 33 passes.
+#: temporaries are about 1 GiB (measured 384 MiB at n = 5000, growing as n^2; benchmarks/experiments/
+#: scale_memory/SCALE_MEMORY.md) and the dense exact median is cheaper than the blocked one's 33 passes.
 AUTO_DENSE_MAX = 8192
 #: ``block_size="auto"`` uses row blocks of this size above `AUTO_DENSE_MAX`.
 AUTO_BLOCK_SIZE = 512

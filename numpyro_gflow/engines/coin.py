@@ -93,8 +93,8 @@ class KSDD(ParticleEngine):
     def _core_init(self, particles, rng_key, target):
         return ksdd_core.init(particles, self.optimizer, rng_key)
 
-    def _core_step(self, state, score_fn):
-        return ksdd_core.step(state, score_fn, self.kernel, self.optimizer)
+    def _core_step(self, state, target):
+        return ksdd_core.step(state, target.score_fn(), self.kernel, self.optimizer)
 
 
 class CoinKSDD(KSDD):

@@ -10,13 +10,13 @@ from numpyro.infer.initialization import init_to_uniform
 from numpyro_gflow._validate import positive_float_or, positive_int
 from numpyro_gflow.core.fbgvi import init, moment_matched_draws, step
 from numpyro_gflow.core.numerics import climb, curvature, smallest_curvature
-from numpyro_gflow.engines.base import ParticleEngine, Target
-from numpyro_gflow.result import InferenceResult, latent_guide
+from numpyro_gflow.engines.base import DensityEngine, Target
+from numpyro_gflow.result import InferenceResult
 
 __all__ = ["FBGVI"]
 
 
-class FBGVI(ParticleEngine):
+class FBGVI(DensityEngine):
     """Full-covariance Gaussian VI by forward-backward steps in the Bures-Wasserstein space.
 
     Args:
@@ -53,7 +53,7 @@ class FBGVI(ParticleEngine):
     def __init__(self, model, *, step_size="auto", stochastic: bool = False,
                  num_mc_samples: int | None = None, hessian: str = "exact", map_steps: int = 200,
                  init_strategy=init_to_uniform):
-        super().__init__(model, num_particles=1, init_strategy=init_strategy)
+        super().__init__(model, init_strategy=init_strategy)
         self.step_size = positive_float_or("step_size", step_size, ("auto",))
         if hessian not in ("exact", "stein"):
             raise ValueError(f"hessian must be 'exact' or 'stein', got {hessian!r}")
@@ -64,14 +64,8 @@ class FBGVI(ParticleEngine):
                                else positive_int("num_mc_samples", num_mc_samples, 1))
         self.map_steps = positive_int("map_steps", map_steps, 0)
 
-    def _make_score_fn(self, bridge, args, kwargs):
-        grad = jax.grad(lambda z, key: -bridge.log_density(z, args, kwargs, key))
-        hvp = lambda x, v, key: jax.jvp(lambda y: grad(y, key), (x,), (v,))[1]  # noqa: E731
-        return bridge.score_fn(args, kwargs), hvp
-
     def _core_init(self, particles, rng_key, target: Target):
-        args, kwargs = target.model_args, target.model_kwargs
-        log_p = lambda z: target.bridge.log_density(z, args, kwargs)  # noqa: E731
+        log_p = target.log_density
         if self.map_steps:
             particles = climb(log_p, particles, self.map_steps)
         trace, top = curvature(log_p, particles, rng_key)
@@ -88,12 +82,11 @@ class FBGVI(ParticleEngine):
             draws = moment_matched_draws(jax.random.fold_in(rng_key, 7), B, d).astype(particles.dtype)
         return init(particles[0], var * jnp.eye(d, dtype=particles.dtype), h, alpha, draws, rng_key)
 
-    def _core_step(self, state, score_fns):
-        score_fn, hvp_fn = score_fns
-        return step(state, score_fn, hvp_fn, self.hessian, self.stochastic,
+    def _core_step(self, state, target):
+        return step(state, target.score_fn(), target.hvp_fn(), self.hessian, self.stochastic,
                     local_cap=self.step_size == "auto")
 
-    def _result(self, state, info, bridge, args, kwargs, rng_key) -> InferenceResult:
+    def _result(self, state, info, target, rng_key) -> InferenceResult:
         loc, cov = state.particles[0], state.cov
         scale_tril = jnp.linalg.cholesky(cov)
         q = dist.MultivariateNormal(loc, scale_tril=scale_tril)
@@ -101,12 +94,9 @@ class FBGVI(ParticleEngine):
         def sampler(key, num_samples):
             return q.sample(key, (num_samples,))
 
-        return InferenceResult(
-            type(self).__name__, bridge, args, kwargs, sampler(jax.random.fold_in(rng_key, 1), 1000),
-            info._asdict(), state=state, objective=self.objective, sampler=sampler,
-            log_q=q.log_prob, guide=latent_guide(bridge, _fbgvi_latent),
-            params={"fbgvi_loc": loc, "fbgvi_scale_tril": scale_tril},
-        )
+        return self._density_result(state, info, target, rng_key, sample=sampler, log_q=q.log_prob,
+                                    latent=_fbgvi_latent,
+                                    params={"fbgvi_loc": loc, "fbgvi_scale_tril": scale_tril})
 
 
 def _fbgvi_latent(dim):

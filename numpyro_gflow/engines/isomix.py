@@ -11,13 +11,13 @@ from numpyro.infer.initialization import init_to_uniform
 from numpyro_gflow._validate import positive_float_or, positive_int
 from numpyro_gflow.core.isomix import averaged, init, make_schedule, mixture_log_density, sample_mixture, step
 from numpyro_gflow.core.numerics import climb, curvature, floored_curvature
-from numpyro_gflow.engines.base import ParticleEngine, Target
-from numpyro_gflow.result import InferenceResult, latent_guide
+from numpyro_gflow.engines.base import DensityEngine, Target
+from numpyro_gflow.result import InferenceResult
 
 __all__ = ["IsoGaussianMixtureVI"]
 
 
-class IsoGaussianMixtureVI(ParticleEngine):
+class IsoGaussianMixtureVI(DensityEngine):
     """A uniform mixture of N isotropic Gaussians fitted by the IBW or MD flow.
 
     Args:
@@ -76,8 +76,8 @@ class IsoGaussianMixtureVI(ParticleEngine):
                  step_size="auto", num_mc_samples: int = 10, initial_variance="laplace",
                  map_steps: int = 200, init_strategy=init_to_uniform, preconditioner=None,
                  average_last: float = 0.0):
-        super().__init__(model, num_particles=positive_int("num_components", num_components, 1),
-                         init_strategy=init_strategy)
+        super().__init__(model, init_strategy=init_strategy)
+        self.num_components = positive_int("num_components", num_components, 1)
         if variance_update not in ("ibw", "md"):
             raise ValueError(f"variance_update must be 'ibw' or 'md', got {variance_update!r}")
         self.variance_update = variance_update
@@ -101,12 +101,11 @@ class IsoGaussianMixtureVI(ParticleEngine):
         self.average_last = float(average_last)
 
     @property
-    def num_components(self):
-        return self.num_particles
+    def num_points(self) -> int:
+        return self.num_components
 
     def _core_init(self, particles, rng_key, target: Target):
-        args, kwargs = target.model_args, target.model_kwargs
-        log_p = lambda z: target.bridge.log_density(z, args, kwargs)  # noqa: E731
+        log_p = target.log_density
         if self.map_steps:
             particles = climb(log_p, particles, self.map_steps)
         scale = self._scale(log_p, particles)
@@ -158,10 +157,10 @@ class IsoGaussianMixtureVI(ParticleEngine):
         lam, vec = floored_curvature(log_p, center)
         return (vec * lam ** -0.5) @ vec.T
 
-    def _core_step(self, state, score_fn):
-        return step(state, score_fn, self.num_mc_samples, self.variance_update)
+    def _core_step(self, state, target):
+        return step(state, target.score_fn(), self.num_mc_samples, self.variance_update)
 
-    def _result(self, state, info, bridge, args, kwargs, rng_key) -> InferenceResult:
+    def _result(self, state, info, target, rng_key) -> InferenceResult:
         fitted = averaged(state)
         means, variances, scale = fitted.particles, fitted.variances, fitted.scale
         params = {"isomix_means": means, "isomix_variances": variances}
@@ -182,12 +181,8 @@ class IsoGaussianMixtureVI(ParticleEngine):
         def sampler(key, num_samples):
             return sample_mixture(key, means, variances, num_samples, scale)
 
-        draws = sampler(jax.random.fold_in(rng_key, 1), 1000)
-        return InferenceResult(
-            type(self).__name__, bridge, args, kwargs, draws, info._asdict(), state=state,
-            objective=self.objective, sampler=sampler, log_q=log_q,
-            guide=latent_guide(bridge, latent), params=params,
-        )
+        return self._density_result(state, info, target, rng_key, sample=sampler, log_q=log_q,
+                                    latent=latent, params=params)
 
 
 def _isomix_latent(dim):

@@ -53,7 +53,7 @@ class CoinLAWGD(ParticleEngine):
         from numpyro_gflow.core import svgd as svgd_core
         from numpyro_gflow.core.kernels import RBFKernel
 
-        score_fn = target.bridge.score_fn(target.model_args, target.model_kwargs)
+        score_fn = target.score_fn()
         opt = coin_betting()
         body = lambda s, _: (svgd_core.step(s, score_fn, RBFKernel(), opt)[0], None)  # noqa: E731
         state, _ = jax.lax.scan(body, svgd_core.init(particles, opt, jax.random.key(0)), None,
@@ -78,11 +78,10 @@ class CoinLAWGD(ParticleEngine):
             pilot = np.asarray(particles, np.float64)
             centre, spread = pilot.mean(0), np.maximum(pilot.std(0), 1e-3)
             low, high = centre - 6 * spread, centre + 6 * spread
-        args, kwargs = target.model_args, target.model_kwargs
         basis, _ = build_basis(
-            lambda z: target.bridge.log_density(z, args, kwargs), low, high,
+            target.log_density, low, high,
             self.grid_size or DEFAULT_GRID[d], self.num_eigen)
         return init(particles, basis, self.optimizer, rng_key)
 
-    def _core_step(self, state, score_fn):
+    def _core_step(self, state, target):
         return step(state, self.optimizer)

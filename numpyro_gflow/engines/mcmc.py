@@ -1,14 +1,18 @@
-"""The one `numpyro.infer.mcmc.MCMCKernel` adapter of the particle engines.
+"""The one `numpyro.infer.mcmc.MCMCKernel` adapter of the engines.
 
-With ``MCMC(engine, num_warmup=W, num_samples=S, num_chains=n, chain_method="vectorized")`` each
-chain is a particle and each MCMC step is one engine step (an ensemble kernel, like
-``numpyro.infer.AIES``). For the same key, the particles after ``W + S`` MCMC steps are those of
-``engine.run(key, W + S)``. The adapter uses the engine's own hooks and compile cache: the
-same bridge, initial points and step as ``run``.
+`KernelAdapter` holds what every kernel of ours shares (the model, the constrained
+postprocessing through the bridge, the batched-keys check); two kernels build on it:
 
-Note on diagnostics: the chains of one ensemble interact (the particles repel each other), so
-MCMC's per-chain diagnostics (r_hat, n_eff) do not have their usual meaning; read the
-ensemble's moments instead (``mcmc.get_samples()`` pools the particles).
+* `EnsembleKernel` -- a particle engine as an ensemble kernel: with ``MCMC(engine,
+  num_warmup=W, num_samples=S, num_chains=n, chain_method="vectorized")`` each chain is a
+  particle and each MCMC step is one engine step (like ``numpyro.infer.AIES``). For the same
+  key, the particles after ``W + S`` MCMC steps are those of ``engine.run(key, W + S)``. It uses
+  the engine's own hooks and compile cache: the same bridge, initial points and step as ``run``.
+* `numpyro_gflow.MixFlowKernel` -- the MixFlow map as a kernel (independent chains).
+
+The chains of one ensemble interact (the particles repel each other), so MCMC's per-chain
+diagnostics (r_hat, n_eff) do not have their usual meaning; read the ensemble's moments instead
+(``mcmc.get_samples()`` pools the particles).
 """
 
 from __future__ import annotations
@@ -17,17 +21,37 @@ import jax.numpy as jnp
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
-__all__ = ["EnsembleKernel"]
+__all__ = ["EnsembleKernel", "KernelAdapter"]
 
 
-class EnsembleKernel(MCMCKernel):
-    """Mixin: a particle engine as an ensemble ``MCMCKernel`` (one particle per chain)."""
+class KernelAdapter(MCMCKernel):
+    """Shared by our kernels: ``model``, ``postprocess_fn`` through the bridge set at ``init``."""
 
+    #: the bridge of the inputs of the last ``init`` (MCMC's postprocess_fn takes no state)
     _kernel_bridge = None
 
     @property
     def model(self):
         return self._model
+
+    @staticmethod
+    def _batched(rng_key) -> bool:
+        """Whether ``init`` got one key per chain (vectorized chains)."""
+        return not (is_prng_key(rng_key) or jnp.ndim(rng_key) == 0)
+
+    def _constrain_one(self, bridge, particle, args, kwargs):
+        return bridge.constrain(particle, args, kwargs)
+
+    def postprocess_fn(self, model_args, model_kwargs):
+        bridge = self._kernel_bridge
+        return lambda z: self._constrain_one(bridge, z, model_args, model_kwargs)
+
+    def get_diagnostics_str(self, state):
+        return ""
+
+
+class EnsembleKernel(KernelAdapter):
+    """Mixin: a particle engine as an ensemble ``MCMCKernel`` (one particle per chain)."""
 
     @property
     def sample_field(self):
@@ -41,7 +65,7 @@ class EnsembleKernel(MCMCKernel):
         from numpyro_gflow.engines.base import Target
         from numpyro_gflow.engines.driver import compile_engine
 
-        if is_prng_key(rng_key) or jnp.ndim(rng_key) == 0:
+        if not self._batched(rng_key):
             raise ValueError(
                 f"{type(self).__name__} is an ensemble kernel: use MCMC(..., num_chains=n_particles, "
                 "chain_method='vectorized') with num_chains >= 2 (each chain is a particle)."
@@ -56,10 +80,3 @@ class EnsembleKernel(MCMCKernel):
         from numpyro_gflow.engines.base import Target
 
         return self._core_step(state, Target(self._kernel_bridge, model_args, model_kwargs))[0]
-
-    def postprocess_fn(self, model_args, model_kwargs):
-        bridge = self._kernel_bridge
-        return lambda z: self._constrain_one(bridge, z, model_args, model_kwargs)
-
-    def get_diagnostics_str(self, state):
-        return ""

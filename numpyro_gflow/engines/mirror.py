@@ -183,8 +183,11 @@ class _MirroredEngine(ParticleEngine):
                 "and b = low + (high - low) * u as a deterministic site."
             )
 
-    def _make_score_fn(self, bridge, args, kwargs):
-        return self._mirror(bridge).eval_fn(args, kwargs)
+    def _eval(self, target: Target):
+        """The mirrored cores' ``eval_fn`` and the sites' coordinate slices, for this target."""
+        mirror = self._mirror(target.bridge)
+        slices = tuple(mirror.slices[k] for k in target.bridge.site_names)
+        return mirror.eval_fn(target.model_args, target.model_kwargs), slices
 
     def _from_unconstrained(self, z, bridge):
         return jax.vmap(self._mirror(bridge).from_unconstrained)(z)
@@ -229,11 +232,11 @@ class MSVGD(_MirroredEngine):
 
     def _core_init(self, particles, rng_key, target: Target):
         self._check_fixed_supports(target)
-        self._slices = tuple(self._mirror(target.bridge).slices[k] for k in target.bridge.site_names)
         return msvgd.init(particles, self.optimizer, rng_key)
 
-    def _core_step(self, state, score_fn):
-        return msvgd.step(state, score_fn, self._slices, self.kernel, self.optimizer,
+    def _core_step(self, state, target):
+        eval_fn, slices = self._eval(target)
+        return msvgd.step(state, eval_fn, slices, self.kernel, self.optimizer,
                           with_ksd=self.trace_ksd)
 
 
@@ -274,6 +277,7 @@ class SVMD(MSVGD):
                          fallback=fallback, trace_ksd=trace_ksd, init_strategy=init_strategy)
         self.eigen_threshold = unit_fraction("eigen_threshold", eigen_threshold)
 
-    def _core_step(self, state, score_fn):
-        return svmd.step(state, score_fn, self._slices, self.kernel, self.optimizer,
+    def _core_step(self, state, target):
+        eval_fn, slices = self._eval(target)
+        return svmd.step(state, eval_fn, slices, self.kernel, self.optimizer,
                          self.eigen_threshold, with_ksd=self.trace_ksd)

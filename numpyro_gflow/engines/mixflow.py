@@ -13,7 +13,6 @@ import numpyro.distributions as dist
 import optax
 from jax import lax
 from numpyro.infer.initialization import init_to_uniform
-from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
 from numpyro_gflow._validate import positive_float, positive_float_or, positive_int
@@ -36,7 +35,8 @@ from numpyro_gflow.core.mixflow import (
     sample_reference,
 )
 from numpyro_gflow.core.numerics import NEWTON_STEPS, laplace
-from numpyro_gflow.engines.base import ParticleEngine, Target
+from numpyro_gflow.engines.base import DensityEngine, Target
+from numpyro_gflow.engines.mcmc import KernelAdapter
 from numpyro_gflow.result import InferenceResult, latent_guide
 
 __all__ = ["MixFlow", "MixFlowResult", "MixFlowKernel"]
@@ -150,7 +150,7 @@ class MixFlowFit(NamedTuple):
     dynamic: list
 
 
-class MixFlow(ParticleEngine):
+class MixFlow(DensityEngine):
     """Mixed variational flow (MixFlow) of uncorrected Hamiltonian dynamics.
 
     Args:
@@ -222,7 +222,6 @@ class MixFlow(ParticleEngine):
     """
 
     objective = "elbo"
-    min_particles = 1
     min_steps = 0
     supports_streaming = False   # the flow map and its density need the exact log density
 
@@ -232,7 +231,7 @@ class MixFlow(ParticleEngine):
                  num_tune_samples: int = 64, num_draws: int = 1000,
                  reference_learning_rate="auto", reference_mc_samples: int = 8,
                  step_scale: str = "reference", map_steps: int = 200, init_strategy=init_to_uniform):
-        super().__init__(model, num_particles=1, init_strategy=init_strategy)
+        super().__init__(model, init_strategy=init_strategy)
         self.flow_length = positive_int("flow_length", flow_length)
         self.num_leapfrog = positive_int("num_leapfrog", num_leapfrog)
         if step_scale not in ("reference", "unit"):
@@ -303,19 +302,21 @@ class MixFlow(ParticleEngine):
     def _core_init(self, particles, rng_key, target: Target):
         loc, scale = self._reference_arrays(target.bridge, particles)
         if self.reference == "fullrank":
-            args, kwargs = target.model_args, target.model_kwargs
-            log_p = lambda z: target.bridge.log_density(z, args, kwargs)  # noqa: E731
-            center, whiten = laplace(log_p, loc[0], self.map_steps)
+            center, whiten = laplace(target.log_density, loc[0], self.map_steps)
             return reference_init(center, None, self.optimizer, rng_key, whiten=whiten)
         if self._full_rank():
             return reference_init(loc, None, self.optimizer, rng_key, whiten=scale)
         return reference_init(loc, scale, self.optimizer, rng_key)
 
-    def _core_step(self, state, score_fn):
-        return reference_step(state, score_fn, self.optimizer, self.reference_mc_samples)
+    def _core_step(self, state, target):
+        return reference_step(state, target.score_fn(), self.optimizer, self.reference_mc_samples)
+
+    def _points(self, state):
+        return reference_gaussian(state)[0][None]
 
     # -------------------------------------------------------------- the flow on the fit
-    def _result(self, state, info, bridge, args, kwargs, rng_key) -> InferenceResult:
+    def _result(self, state, info, target: Target, rng_key) -> InferenceResult:
+        bridge, args, kwargs = target.bridge, target.model_args, target.model_kwargs
         target, dynamic = _split(bridge, args, kwargs)
         loc, scale, tril = reference_gaussian(state)
         if not all(bool(jnp.all(jnp.isfinite(a))) for a in (loc, scale) + ((tril,) if tril is not None else ())):
@@ -366,16 +367,12 @@ class MixFlow(ParticleEngine):
                      inversion_error=float(jnp.max(flow.inversion_error(k_inv, self.flow_length, 8))))
         draws = flow.sample(k_draw, self.num_draws)
         stats["grad_evals"] = self._grad_evals(len(info.elbo), num_elbo, loc.shape[0])
-        result = InferenceResult(
+        return InferenceResult(
             type(self).__name__, bridge, args, kwargs, draws.x, info._asdict(), state=state,
             objective=self.objective, sampler=lambda key, n: flow.sample(key, n).x,
             guide=latent_guide(bridge, _mixflow_latent(flow)), params={},
+            log_q=flow.marginal_log_density, elbo_fn=flow.elbo, stats=stats, flow=flow,
         )
-        result.flow = flow
-        result.stats = stats
-        result.elbo = flow.elbo
-        result.log_q = flow.marginal_log_density
-        return result
 
 
     def _grad_evals(self, num_steps: int, num_elbo: int, dim: int) -> int:
@@ -490,7 +487,7 @@ class MixFlowKernelState(NamedTuple):
     rng_key: jax.Array
 
 
-class MixFlowKernel(MCMCKernel):
+class MixFlowKernel(KernelAdapter):
     """The flow map as an MCMC kernel: ``init`` draws ``z0 ~ q0``, each ``sample`` applies ``T``.
 
     ``MCMC(MixFlowKernel(model, ...), num_warmup=W, num_samples=S, num_chains=4)`` gives
@@ -506,7 +503,7 @@ class MixFlowKernel(MCMCKernel):
                  reference_key=None, **mixflow_kwargs):
         if model is None and fit is None:
             raise ValueError("MixFlowKernel needs a model or fit= (a MixFlow.run result)")
-        if fit is not None and not hasattr(fit, "flow"):
+        if fit is not None and getattr(fit, "flow", None) is None:
             raise TypeError("fit must be the result of MixFlow.run")
         self._model = model if model is not None else fit.bridge.model
         self._fit = fit
@@ -518,14 +515,11 @@ class MixFlowKernel(MCMCKernel):
         self._engine = MixFlow(self._model, **mixflow_kwargs)
         self._step = None
 
-    @property
-    def model(self):
-        return self._model
-
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
         if self._fit is None:
             self._fit = self._engine.run(self.reference_key, self.reference_steps, *model_args,
                                          progress_bar=False, **model_kwargs)
+        self._kernel_bridge = self._fit.bridge
         f = self._fit.flow.fit
         vg = f.target.value_and_grad(f.dynamic)
 
@@ -542,10 +536,6 @@ class MixFlowKernel(MCMCKernel):
             return jax.vmap(one)(rng_key, z) if z is not None else jax.vmap(one)(rng_key)
         return one(rng_key, z)
 
-    @staticmethod
-    def _batched(rng_key) -> bool:
-        return not (is_prng_key(rng_key) or jnp.ndim(rng_key) == 0)
-
     def sample(self, state, model_args, model_kwargs):
         f = self._fit.flow.fit
         vg = f.target.value_and_grad(f.dynamic)
@@ -554,10 +544,3 @@ class MixFlowKernel(MCMCKernel):
         # vectorized chains may reach here batched (one row per chain)
         p = jax.vmap(step)(point) if state.x.ndim > 1 else step(point)
         return MixFlowKernelState(*p, state.rng_key)
-
-    def postprocess_fn(self, model_args, model_kwargs):
-        bridge = self._fit.bridge
-        return lambda x: bridge.constrain(x, model_args, model_kwargs)
-
-    def get_diagnostics_str(self, state):
-        return ""

@@ -65,5 +65,5 @@ class SVGD(ParticleEngine):
     def _core_init(self, particles, rng_key, target):
         return init(particles, self.optimizer, rng_key)
 
-    def _core_step(self, state, score_fn):
-        return step(state, score_fn, self.kernel, self.optimizer, with_ksd=self.trace_ksd)
+    def _core_step(self, state, target):
+        return step(state, target.score_fn(), self.kernel, self.optimizer, with_ksd=self.trace_ksd)

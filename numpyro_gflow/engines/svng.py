@@ -37,12 +37,12 @@ class SVNG(ParticleEngine):
     With a constant metric and every eigenpair kept (``eigen_threshold=1``) the direction is
     exactly ``G^{-1}`` times the SVGD direction (tests/test_svng.py checks this), so SVNG has
     SVGD's fixed points and only the speed changes: the step is no longer limited by the
-    posterior's largest curvature. ``benchmarks/svng_conditioning.py`` measures it on a
+    posterior's largest curvature. ``benchmarks/experiments/svng_conditioning`` measures it on a
     logistic regression with posterior condition number ~166: at each method's best step size
     from a small grid, SVNG (step 4) brings the particle mean within 0.2 posterior sd in a
     median 40 steps, SVGD (plain step 0.05) in 340, SVGD-AdaGrad (0.01) in 430. An SVNG step
     costs ``n (1 + d)`` gradient-equivalents, so in gradient evaluations the two are close
-    (14,000 vs 17,000); see benchmarks/SVNG_CONDITIONING.md.
+    (14,000 vs 17,000); see SVNG_CONDITIONING.md there.
     """
 
     objective = "stein_sq_norm"
@@ -73,14 +73,6 @@ class SVNG(ParticleEngine):
         self.jitter = positive_float("jitter", jitter)
         self.eigen_threshold = unit_fraction("eigen_threshold", eigen_threshold)
 
-    def _make_score_fn(self, bridge, args, kwargs):
-        # built from the same (traced) model inputs as the score, so a cached program never
-        # sees stale data
-        if not isinstance(self.metric, str):
-            return bridge.score_fn(args, kwargs), None
-        hess = jax.hessian(lambda z, key: bridge.log_density(z, args, kwargs, key))
-        return bridge.score_fn(args, kwargs), jax.vmap(hess, (0, None))
-
     def _core_init(self, particles, rng_key, target: Target):
         d = particles.shape[1]
         if isinstance(self.metric, str):
@@ -91,7 +83,9 @@ class SVNG(ParticleEngine):
             G = self.metric.astype(particles.dtype)
         return svng.init(particles, G, self.optimizer, rng_key)
 
-    def _core_step(self, state, score_fns):
-        score_fn, hessian_fn = score_fns
-        return svng.step(state, score_fn, hessian_fn, self.kernel, self.optimizer,
+    def _core_step(self, state, target):
+        hessian_fn = None
+        if isinstance(self.metric, str):   # built from the step's (traced) inputs
+            hessian_fn = jax.vmap(jax.hessian(target.log_density), (0, None))
+        return svng.step(state, target.score_fn(), hessian_fn, self.kernel, self.optimizer,
                          self.decay, self.jitter, self.eigen_threshold, with_ksd=self.trace_ksd)

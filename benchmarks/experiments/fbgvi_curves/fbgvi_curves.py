@@ -186,11 +186,11 @@ def main(argv=None):
         return e, np.asarray(se)
 
     # ------------------------------------------------------------------ the common start
-    keys = jax.random.split(jax.random.PRNGKey(0), 1)   # one "chain": the MCMC-kernel init
-    starts = {v: gf.FBGVI(model, hessian=hess, stochastic=sto).init(keys, 0, model_args=args)
+    key = jax.random.PRNGKey(0)     # the state run(key, ...) starts from
+    starts = {v: gf.FBGVI(model, hessian=hess, stochastic=sto).init_state(key, *args)
               for v, (hess, sto) in VARIANTS.items()}
     t0 = time.perf_counter()
-    jax.block_until_ready(gf.FBGVI(model).init(keys, 0, model_args=args))
+    jax.block_until_ready(gf.FBGVI(model).init_state(key, *args))
     t_init = time.perf_counter() - t0
     s0 = starts["det"]
     for s in starts.values():

@@ -1,0 +1,106 @@
+"""The engine contract: every engine on one of two bases, no hidden state, init_state, MCMC."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import MCMC
+
+import numpyro_gflow as gf
+from numpyro_gflow.engines.base import DensityEngine, Engine, ParticleEngine
+
+
+def gaussian2():
+    numpyro.sample("x", dist.Normal(jnp.array([0.5, -1.0]), jnp.array([1.0, 2.0])).to_event(1))
+
+
+def simplex3():
+    numpyro.sample("p", dist.Dirichlet(jnp.array([2.0, 3.0, 4.0])))
+
+
+def one_d():
+    numpyro.sample("x", dist.Normal(0.3, 0.8))
+
+
+PARTICLE = {
+    "SVGD": lambda: (gf.SVGD(gaussian2, num_particles=8), gaussian2),
+    "CoinSVGD": lambda: (gf.CoinSVGD(gaussian2, num_particles=8), gaussian2),
+    "KSDD": lambda: (gf.KSDD(gaussian2, num_particles=8, step_size=0.1), gaussian2),
+    "CoinKSDD": lambda: (gf.CoinKSDD(gaussian2, num_particles=8), gaussian2),
+    "CoinLAWGD": lambda: (gf.CoinLAWGD(one_d, num_particles=8, grid_size=64, num_eigen=10), one_d),
+    "MSVGD": lambda: (gf.MSVGD(simplex3, num_particles=8), simplex3),
+    "CoinMSVGD": lambda: (gf.CoinMSVGD(simplex3, num_particles=8), simplex3),
+    "SVMD": lambda: (gf.SVMD(simplex3, num_particles=8), simplex3),
+    "SVNG": lambda: (gf.SVNG(gaussian2, num_particles=8), gaussian2),
+}
+DENSITY = {
+    "IsoGaussianMixtureVI": lambda: (gf.IsoGaussianMixtureVI(gaussian2, num_components=3, map_steps=5), gaussian2),
+    "FBGVI": lambda: (gf.FBGVI(gaussian2, map_steps=5), gaussian2),
+    "MixFlow": lambda: (gf.MixFlow(gaussian2, flow_length=5, num_leapfrog=2, step_size=0.1,
+                                   num_draws=4), gaussian2),
+}
+
+
+def test_every_exported_engine_sits_on_one_base():
+    engines = [getattr(gf, name) for name in gf.__all__
+               if isinstance(getattr(gf, name), type) and issubclass(getattr(gf, name), Engine)]
+    assert {e.__name__ for e in engines} == set(PARTICLE) | set(DENSITY)
+    for e in engines:
+        assert issubclass(e, ParticleEngine) != issubclass(e, DensityEngine), e
+    assert all(issubclass(getattr(gf, n), DensityEngine) for n in DENSITY)
+
+
+@pytest.mark.parametrize("name", list(PARTICLE) + list(DENSITY))
+def test_run_writes_nothing_onto_the_engine(name):
+    # what a step needs lives in the state or comes from the model: the engine object is the
+    # same before and after a run, apart from its compile cache
+    engine, _ = {**PARTICLE, **DENSITY}[name]()
+    before = {k: v for k, v in vars(engine).items() if k != "_compiled"}
+    engine.run(jax.random.key(0), 3, progress_bar=False)
+    after = {k: v for k, v in vars(engine).items() if k != "_compiled"}
+    assert before.keys() == after.keys(), set(after) ^ set(before)
+    assert all(after[k] is before[k] for k in before)
+    assert engine._compiled   # the compiled loop is cached
+
+
+@pytest.mark.parametrize("name", list(PARTICLE) + list(DENSITY))
+def test_init_state_is_where_run_starts(name):
+    engine, _ = {**PARTICLE, **DENSITY}[name]()
+    key = jax.random.key(1)
+    start = engine.init_state(key, num_steps=3)
+    a = engine.run(key, 3, progress_bar=False)
+    b = engine.run(key, 3, progress_bar=False, init_state=start)
+    for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(b.state)):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("name", list(DENSITY))
+def test_density_engines_refuse_mcmc(name):
+    engine, _ = DENSITY[name]()
+    with pytest.raises(TypeError, match=f"{name} fits a density.*run"):
+        MCMC(engine, num_warmup=5, num_samples=5, num_chains=2, chain_method="vectorized",
+             progress_bar=False)
+
+
+@pytest.mark.parametrize("name", list(DENSITY))
+def test_density_results_declare_their_density(name):
+    engine, _ = DENSITY[name]()
+    res = engine.run(jax.random.key(0), 3, progress_bar=False)
+    draws = res.get_samples(7, jax.random.key(2))
+    assert draws["x"].shape == (7, 2)
+    z = res.unconstrained[:4]
+    assert np.all(np.isfinite(np.asarray(res.log_q(z))))
+    assert res.guide is not None and res.params is not None
+    assert (res.flow is not None) == (name == "MixFlow")
+    assert (res.stats is not None) == (name == "MixFlow")
+
+
+def test_particle_results_have_no_density():
+    res = gf.SVGD(gaussian2, num_particles=8).run(jax.random.key(0), 3, progress_bar=False)
+    assert res.flow is None and res.stats is None and res.guide is None
+    with pytest.raises(ValueError, match="no density"):
+        res.log_q(res.unconstrained)
