@@ -123,7 +123,7 @@ for update in ("ibw", "md"):
     elbo, elbo_se = res.elbo(jax.random.key(1), 4000)
     print(f"{update.upper()}: running ELBO {trace[:20].mean():.3f} (first 20 steps) -> "
           f"{trace[-20:].mean():.3f} (last 20); final ELBO {float(elbo):.3f} +- {float(elbo_se):.3f}")
-    means, variances = np.asarray(res.state.particles), np.asarray(res.state.variances)
+    means, variances = np.asarray(res.state.means), np.asarray(res.state.variances)
     order = np.lexsort(means.T)
     print("  component means:", "  ".join(f"({m[0]:+.2f},{m[1]:+.2f})" for m in means[order]))
     print("  component sds:  ", "  ".join(f"{s:.3f}" for s in np.sqrt(variances[order])))
@@ -239,7 +239,7 @@ for ax, (name, x) in zip(axes, samples.items()):
     else:
         ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.3, color="C0")
     if "mixture" in name:
-        means = np.asarray(mixture_results[name[:3].strip().lower()].state.particles)
+        means = np.asarray(mixture_results[name[:3].strip().lower()].state.means)
         ax.scatter(means[:, 0], means[:, 1], marker="x", color="C3", s=30, label="component means")
         ax.legend(loc="center", fontsize=7)
     masses = mode_masses(x)

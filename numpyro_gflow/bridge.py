@@ -35,7 +35,11 @@ from numpyro.infer.util import (
     potential_energy,
 )
 
-__all__ = ["ModelBridge", "SubsamplePlate", "split_static_args"]
+__all__ = [
+    "ModelBridge",
+    "SubsamplePlate",
+    "split_static_args",
+]
 
 
 #: a subsampled plate draws its batch without replacement (a permutation of all N rows) while

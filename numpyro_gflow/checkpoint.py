@@ -25,7 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["save_state", "load_state"]
+__all__ = [
+    "save_state",
+    "load_state",
+]
 
 FORMAT_VERSION = 1
 

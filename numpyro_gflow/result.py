@@ -10,7 +10,10 @@ import numpy as np
 
 from numpyro_gflow.bridge import ModelBridge
 
-__all__ = ["InferenceResult", "latent_guide"]
+__all__ = [
+    "InferenceResult",
+    "latent_guide",
+]
 
 
 def latent_guide(bridge: ModelBridge, latent: Callable):

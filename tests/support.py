@@ -173,10 +173,10 @@ def kl_path(method: str, variant: str, eta: float, n_steps: int, target, seeds=(
 
         def body(s, _):
             s = step(s)
-            return s, kl_to_target(s.particles[0], s.cov, mu_j, A_j, logdet_sigma)
+            return s, kl_to_target(s.mean, s.cov, mu_j, A_j, logdet_sigma)
 
         kls = lax.scan(body, s0, None, length=n_steps)[1]
-        k0 = kl_to_target(s0.particles[0], s0.cov, mu_j, A_j, logdet_sigma)
+        k0 = kl_to_target(s0.mean, s0.cov, mu_j, A_j, logdet_sigma)
         return jnp.concatenate([k0[None], kls])
 
     keys = jnp.stack([jax.random.key_data(jax.random.key(1000 + s)) for s in seeds])
@@ -267,7 +267,7 @@ def notebook_runner(X, y):
 
         def chunk(s, _):
             s = lax.fori_loop(0, every, lambda _, q: step(q), s)
-            return s, objective(s.particles[0], s.cov, jax.random.fold_in(s.rng_key, 17))
+            return s, objective(s.mean, s.cov, jax.random.fold_in(s.rng_key, 17))
 
         _, F = lax.scan(chunk, state, None, length=iters // every)
         F0 = objective(jnp.zeros(NOTEBOOK_D), jnp.eye(NOTEBOOK_D), jax.random.key(99))

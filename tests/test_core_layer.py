@@ -111,12 +111,12 @@ def test_gaussian_cores_recover_a_gaussian_exactly():
     draws = fbgvi.moment_matched_draws(jax.random.key(0), 100, 2)
     state = fbgvi.init(jnp.zeros(2), jnp.eye(2), 0.2, 1.0, draws, jax.random.key(1))
     state = _scan(lambda s: fbgvi.step(s, score_fn, hvp, "exact", False), state, 300)
-    np.testing.assert_allclose(state.particles[0], MEAN, atol=1e-4)
+    np.testing.assert_allclose(state.mean, MEAN, atol=1e-4)
     np.testing.assert_allclose(jnp.diag(state.cov), SD**2, rtol=1e-3)
     # one isotropic component: its variance goes to the harmonic-mean fixed point d / tr(H)
     iso = isomix.init(jnp.zeros((1, 2)), 1.0, 0.05, jax.random.key(2))
     iso = _scan(lambda s: isomix.step(s, score_fn, 50, "md"), iso, 2000)
-    np.testing.assert_allclose(iso.particles[0], MEAN, atol=0.15)
+    np.testing.assert_allclose(iso.means[0], MEAN, atol=0.15)
     np.testing.assert_allclose(iso.variances[0], 2 / jnp.sum(SD**-2), rtol=0.15)
 
 

@@ -36,7 +36,7 @@ def rel(a, b):
 def test_deterministic_fbgvi_is_exact_on_conjugate_regression(hessian):
     # measured: mean 3.5e-7, covariance 7.9e-5 (exact) / 1.1e-6 (stein) relative error
     res = gf.FBGVI(conjugate_linreg, hessian=hessian).run(jax.random.key(0), 200, X, Y, progress_bar=False)
-    assert rel(res.state.particles[0], POST_MEAN) < 1e-3
+    assert rel(res.state.mean, POST_MEAN) < 1e-3
     assert rel(res.state.cov, POST_COV) < 1e-3
     pred = Predictive(conjugate_linreg, guide=res.guide, params=res.params, num_samples=20)(jax.random.key(1), X)
     assert pred["y"].shape == (20, N)
@@ -47,7 +47,7 @@ def test_deterministic_fbgvi_is_exact_on_conjugate_regression(hessian):
 def test_stochastic_fbgvi_with_decreasing_steps():
     # measured: mean 4.3e-3, covariance 4.9e-5 relative error after 5000 single-draw steps
     res = gf.FBGVI(conjugate_linreg, stochastic=True).run(jax.random.key(0), 5000, X, Y, progress_bar=False)
-    assert rel(res.state.particles[0], POST_MEAN) < 5e-2
+    assert rel(res.state.mean, POST_MEAN) < 5e-2
     assert rel(res.state.cov, POST_COV) < 5e-2
     h = res.trace["step_size"]
     assert h[-1] < h[0] and np.all(np.diff(h) <= 0)
@@ -57,7 +57,7 @@ def test_step_below_one_over_lambda_max_converges_and_above_two_diverges():
     lam_max = float(jnp.linalg.eigvalsh(PRECISION)[-1])
     ok = gf.FBGVI(conjugate_linreg, step_size=0.9 / lam_max, map_steps=0).run(
         jax.random.key(0), 400, X, Y, progress_bar=False)
-    assert rel(ok.state.particles[0], POST_MEAN) < 1e-3 and rel(ok.state.cov, POST_COV) < 1e-3
+    assert rel(ok.state.mean, POST_MEAN) < 1e-3 and rel(ok.state.cov, POST_COV) < 1e-3
     with pytest.raises(FloatingPointError):   # the same check fails for a step past 2 / lambda_max
         gf.FBGVI(conjugate_linreg, step_size=2.5 / lam_max, map_steps=0).run(
             jax.random.key(0), 400, X, Y, progress_bar=False)
@@ -144,7 +144,7 @@ def test_fbgvi_stable_past_one_over_beta_where_bw_sgd_is_not():
     def path(step_fn, c, steps=30):
         def body(s, _):
             s = step_fn(s)
-            return s, elbo(s.particles[0], s.cov)
+            return s, elbo(s.mean, s.cov)
         s0 = start._replace(step_size=c * start.step_size)
         return jax.lax.scan(body, s0, None, length=steps)[1]
 
@@ -152,7 +152,7 @@ def test_fbgvi_stable_past_one_over_beta_where_bw_sgd_is_not():
     bw = jax.jit(lambda c: path(lambda s: bw_sgd_step(s, score_fn, hvp_fn, "exact", False), c))
     grid = (0.5, 1.0, 1.5, 2.0)
     fbs, bws = {c: np.asarray(fb(c)) for c in grid}, {c: np.asarray(bw(c)) for c in grid}
-    e0 = float(elbo(start.particles[0], start.cov))
+    e0 = float(elbo(start.mean, start.cov))
     # measured (ELBO without its constant, start -121.7), final / lowest over 30 steps:
     # FB-GVI  0.5: -105.85 / -116.5, 1: -103.39 / -114.8, 1.5: -102.42 / -116.0, 2: -102.77 / -130.2
     # BW-SGD  0.5: -105.78 / -116.3, 1: -103.31 / -131.6, 1.5: -105.15 / -1341, 2: -136.09 / -680

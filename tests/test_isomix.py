@@ -25,7 +25,7 @@ def test_single_component_fixed_point_is_the_target_variance(update):
                                   map_steps=0, initial_variance=0.3).run(
         jax.random.key(0), 1500, progress_bar=False)
     assert float(res.state.variances[0]) == pytest.approx(s, rel=0.01)
-    np.testing.assert_allclose(res.state.particles[0], 0.0, atol=0.05)
+    np.testing.assert_allclose(res.state.means[0], 0.0, atol=0.05)
     assert abs(float(res.trace["elbo"][-100:].mean())) < 0.01   # log Z = 0: q = pi
 
 
@@ -55,7 +55,7 @@ def test_every_mode_of_a_four_mode_target_gets_a_component(d, update):
     res = gf.IsoGaussianMixtureVI(model, num_components=20, variance_update=update,
                                   init_strategy=init_to_uniform(radius=7)).run(
         jax.random.key(0), 2000, progress_bar=False)
-    dists = jnp.linalg.norm(res.state.particles[:, None] - modes[None], axis=-1)
+    dists = jnp.linalg.norm(res.state.means[:, None] - modes[None], axis=-1)
     assert bool(jnp.all(dists.min(0) < 0.1)), dists.min(0)
     on_mode = dists.min(1) < 0.1
     assert bool(jnp.all(jnp.abs(res.state.variances[on_mode] / 0.5 - 1) < 0.1))
@@ -126,7 +126,7 @@ def test_laplace_preconditioner_fits_a_correlated_gaussian_exactly():
     res = gf.IsoGaussianMixtureVI(model, num_components=1, preconditioner="laplace",
                                   step_size=0.1).run(jax.random.key(0), 1000, progress_bar=False)
     assert float(res.state.variances[0]) == pytest.approx(1.0, rel=0.05)
-    np.testing.assert_allclose(res.state.particles[0], mu, atol=0.05)
+    np.testing.assert_allclose(res.state.means[0], mu, atol=0.05)
     elbo, se = res.elbo(jax.random.key(1), 4000)
     assert abs(float(elbo)) < 0.01 + 3 * float(se)           # log Z = 0 and q = pi
     x = res.get_samples(20000, jax.random.key(2))["x"]
@@ -154,7 +154,7 @@ def test_rewhiten_keeps_a_single_components_covariance():
                                rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(new.scale @ new.inv_scale, jnp.eye(3), atol=1e-5)
     np.testing.assert_allclose(new.log_det_scale, jnp.linalg.slogdet(new.scale)[1], rtol=1e-5)
-    np.testing.assert_allclose(new.particles, state.particles)
+    np.testing.assert_allclose(new.means, state.means)
 
 
 def test_adaptive_preconditioner_and_averaging_on_a_correlated_gaussian():
@@ -176,13 +176,13 @@ def test_adaptive_preconditioner_and_averaging_on_a_correlated_gaussian():
     cov = res.params["isomix_variances"][0] * res.params["isomix_scale_tril"] @ res.params["isomix_scale_tril"].T
     np.testing.assert_allclose(cov, S, rtol=0.05, atol=0.05)
     err_avg = float(jnp.linalg.norm(res.params["isomix_means"][0] - mu))
-    err_last = float(jnp.linalg.norm(res.state.particles[0] - mu))
+    err_last = float(jnp.linalg.norm(res.state.means[0] - mu))
     assert err_avg < 0.03, (err_avg, err_last)
     # averaging is off by default: the result is the final iterate
     plain = gf.IsoGaussianMixtureVI(model, num_components=1, preconditioner="laplace",
                                     step_size=0.2).run(jax.random.key(0), 200, progress_bar=False)
     assert plain.state.schedule is None
-    np.testing.assert_array_equal(plain.params["isomix_means"], plain.state.particles)
+    np.testing.assert_array_equal(plain.params["isomix_means"], plain.state.means)
 
 
 def test_adaptive_preconditioner_is_laplace_until_the_first_re_estimation():

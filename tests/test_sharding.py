@@ -12,6 +12,11 @@ CODE = textwrap.dedent("""
     import numpyro_gflow as gf
     assert len(jax.devices()) == 4
 
+    def _points(state):   # particles, mixture means or the Gaussian mean
+        for field in ("particles", "means", "mean"):
+            if hasattr(state, field):
+                return getattr(state, field)
+
     def model(X, y=None):
         w = numpyro.sample("w", dist.Normal(0, 1).expand([3]).to_event(1))
         s = numpyro.sample("s", dist.HalfNormal(1.0))
@@ -25,9 +30,9 @@ CODE = textwrap.dedent("""
         for steps in (50, 300):
             one = eng.run(jax.random.key(2), steps, X, y, progress_bar=False, devices=None)
             four = eng.run(jax.random.key(2), steps, X, y, progress_bar=False)  # "auto": 4 devices
-            assert len(four.state.particles.sharding.device_set) == 4
-            assert len(one.state.particles.sharding.device_set) == 1
-            a, b = np.asarray(one.state.particles), np.asarray(four.state.particles)
+            assert len(_points(four.state).sharding.device_set) == 4
+            assert len(_points(one.state).sharding.device_set) == 1
+            a, b = np.asarray(_points(one.state)), np.asarray(_points(four.state))
             sd = a.std(0) if a.shape[0] > 1 else np.ones(a.shape[1])
             print(name, steps, "MAXDIFF", float(np.max(np.abs(a - b))),
                   "MEANDIFF", float(np.max(np.abs(a.mean(0) - b.mean(0)) / sd)))
@@ -61,6 +66,11 @@ DATA_CODE = textwrap.dedent("""
     from numpyro_gflow.engines import placement
     assert len(jax.devices()) == 4
 
+    def _points(state):   # particles, mixture means or the Gaussian mean
+        for field in ("particles", "means", "mean"):
+            if hasattr(state, field):
+                return getattr(state, field)
+
     def model(X, y=None, num_rows=None):
         w = numpyro.sample("w", dist.Normal(0, 1).expand([3]).to_event(1))
         with numpyro.plate("data", num_rows or X.shape[0], subsample_size=X.shape[0]):
@@ -81,8 +91,8 @@ DATA_CODE = textwrap.dedent("""
                       "FBGVI": gf.FBGVI(model, num_mc_samples=4, map_steps=50)}.items():
         one = eng.run(jax.random.key(2), 100, X, y, progress_bar=False, devices=None)
         four = eng.run(jax.random.key(2), 100, X, y, progress_bar=False, shard_data=True)
-        assert four.state.particles.sharding.is_fully_replicated
-        a, b = np.asarray(one.state.particles), np.asarray(four.state.particles)
+        assert _points(four.state).sharding.is_fully_replicated
+        a, b = np.asarray(_points(one.state)), np.asarray(_points(four.state))
         print(name, "full", "MAXDIFF", float(np.max(np.abs(a - b))))
         # streamed batches of 80 rows (each split 20 per device)
         loader = gf.StreamedData(80, X=X, y=y)
@@ -90,7 +100,7 @@ DATA_CODE = textwrap.dedent("""
                       devices=None)
         four = eng.run(jax.random.key(2), 100, num_rows=400, data_loader=loader, progress_bar=False,
                        shard_data=True)
-        a, b = np.asarray(one.state.particles), np.asarray(four.state.particles)
+        a, b = np.asarray(_points(one.state)), np.asarray(_points(four.state))
         print(name, "streamed", "MAXDIFF", float(np.max(np.abs(a - b))))
 """)
 

@@ -48,7 +48,7 @@ __all__ = [
 
 
 class FBGVIState(NamedTuple):
-    particles: jax.Array    # (1, d): the mean, as a row (the shared engine shell's field)
+    mean: jax.Array         # (d,) the Gaussian's mean
     cov: jax.Array          # (d, d) covariance
     count: jax.Array
     step_size: jax.Array    # h (the cap of the stochastic schedule)
@@ -78,7 +78,7 @@ def _gaussian_entropy(chol):
 
 def init(mean, cov, step_size, alpha, draws, rng_key) -> FBGVIState:
     dtype = mean.dtype
-    return FBGVIState(mean[None], cov, jnp.zeros((), jnp.int32), jnp.asarray(step_size, dtype),
+    return FBGVIState(mean, cov, jnp.zeros((), jnp.int32), jnp.asarray(step_size, dtype),
                       jnp.asarray(alpha, dtype), draws, rng_key)
 
 
@@ -87,7 +87,7 @@ def _estimates(state: FBGVIState, score_fn, hvp_fn, hessian: str, stochastic: bo
     the mean gradient of V and the Hessian estimate, and the step ``h`` of the schedule."""
     step_size, alpha, draws = state.step_size, state.alpha, state.draws
     rng_key, draw_key, batch_key = jax.random.split(state.rng_key, 3)
-    m, S = state.particles[0], state.cov
+    m, S = state.mean, state.cov
     d = m.shape[0]
     C = jnp.linalg.cholesky(S)
     u = jax.random.normal(draw_key, draws.shape, m.dtype) if stochastic else draws
@@ -126,7 +126,7 @@ def step(state: FBGVIState, score_fn, hvp_fn, hessian: str,
     M = jnp.eye(d, dtype=m.dtype) - h * e_hess
     S_new, min_eig = jko_entropy(M @ S @ M.T, h)
     info = FBGVIInfo(jnp.mean(log_pi) + _gaussian_entropy(C), h, min_eig)
-    return state._replace(particles=m_new[None], cov=S_new, count=state.count + 1,
+    return state._replace(mean=m_new, cov=S_new, count=state.count + 1,
                           rng_key=rng_key), info
 
 
@@ -141,7 +141,7 @@ def bw_sgd_step(state: FBGVIState, score_fn, hvp_fn, hessian: str, stochastic: b
     S_inv = jax.scipy.linalg.cho_solve((C, True), eye)
     M = eye - h * (e_hess - 0.5 * (S_inv + S_inv.T))
     S_new = M @ S @ M.T
-    return state._replace(particles=(m - h * mean_grad_v)[None], cov=0.5 * (S_new + S_new.T),
+    return state._replace(mean=m - h * mean_grad_v, cov=0.5 * (S_new + S_new.T),
                           count=state.count + 1, rng_key=rng_key)
 
 

@@ -28,13 +28,24 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["IsoMixState", "IsoMixInfo", "IsoMixSchedule", "make_schedule", "init", "step",
-           "rewhiten", "averaged", "mixture_covariance", "mixture_log_density", "mixture_score",
-           "sample_mixture"]
+__all__ = [
+    "IsoMixState",
+    "IsoMixInfo",
+    "IsoMixSchedule",
+    "make_schedule",
+    "init",
+    "step",
+    "rewhiten",
+    "averaged",
+    "mixture_covariance",
+    "mixture_log_density",
+    "mixture_score",
+    "sample_mixture",
+]
 
 
 class IsoMixState(NamedTuple):
-    particles: jax.Array     # (N, d) component means (named like the particle engines' field)
+    means: jax.Array         # (N, d) component means
     variances: jax.Array     # (N,) isotropic variances eps_i
     step_size: jax.Array     # h (in the state: set from the data at init, never baked in)
     rng_key: jax.Array
@@ -118,7 +129,7 @@ def init(means, variances, step_size, rng_key, scale=None, schedule=None) -> Iso
 
 def mixture_covariance(state: IsoMixState) -> jax.Array:
     """Covariance of q in z: mean_i eps_i A A^T + the covariance of the component means."""
-    m = state.particles
+    m = state.means
     spread = jnp.cov(m, rowvar=False, bias=True).reshape(m.shape[1], m.shape[1])
     eps = jnp.mean(state.variances)
     inner = eps * (state.scale @ state.scale.T) if state.scale is not None else eps * jnp.eye(m.shape[1], dtype=m.dtype)
@@ -165,7 +176,7 @@ def step(state: IsoMixState, score_fn, num_mc_samples: int,
     take = count > sched.average_from
     sched = sched._replace(
         count=count,
-        mean_sum=sched.mean_sum + jnp.where(take, new.particles, 0.0),
+        mean_sum=sched.mean_sum + jnp.where(take, new.means, 0.0),
         variance_sum=sched.variance_sum + jnp.where(take, new.variances, 0.0),
         num_averaged=sched.num_averaged + take.astype(jnp.int32))
     return new._replace(schedule=sched), info
@@ -178,7 +189,7 @@ def averaged(state: IsoMixState) -> IsoMixState:
         return state
     n = jnp.maximum(sched.num_averaged, 1)
     keep = sched.num_averaged > 0
-    return state._replace(particles=jnp.where(keep, sched.mean_sum / n, state.particles),
+    return state._replace(means=jnp.where(keep, sched.mean_sum / n, state.means),
                           variances=jnp.where(keep, sched.variance_sum / n, state.variances))
 
 
@@ -191,16 +202,16 @@ def _preconditioned_step(state, score_fn, num_mc_samples, variance_update):
         log_pi, grad = score_fn(u @ A.T, key)
         return log_pi + state.log_det_scale, grad @ A
 
-    u_state = state._replace(particles=state.particles @ state.inv_scale.T)
+    u_state = state._replace(means=state.means @ state.inv_scale.T)
     new, info = _step(u_state, score_u, num_mc_samples, variance_update)
-    return new._replace(particles=new.particles @ A.T), info
+    return new._replace(means=new.means @ A.T), info
 
 
 def _step(state: IsoMixState, score_fn, num_mc_samples: int,
           variance_update: str) -> tuple[IsoMixState, IsoMixInfo]:
     step_size = state.step_size
     rng_key, noise_key, batch_key = jax.random.split(state.rng_key, 3)
-    m, eps = state.particles, state.variances
+    m, eps = state.means, state.variances
     N, d = m.shape
     xi = jax.random.normal(noise_key, (N, num_mc_samples, d), m.dtype)
     x = m[:, None, :] + jnp.sqrt(eps)[:, None, None] * xi                         # (N, B, d)
@@ -219,4 +230,4 @@ def _step(state: IsoMixState, score_fn, num_mc_samples: int,
         new_eps = eps * jnp.exp(-ratio)
     elbo = jnp.mean(log_pi - mixture_log_density(x, m, eps))
     info = IsoMixInfo(elbo, jnp.mean(eps), jnp.sum(clipped))
-    return state._replace(particles=m - step_size * g, variances=new_eps, rng_key=rng_key), info
+    return state._replace(means=m - step_size * g, variances=new_eps, rng_key=rng_key), info

@@ -25,7 +25,13 @@ from jax import lax
 
 from numpyro_gflow.core.kernels import Kernel, bandwidth, stein_kernel_mean
 
-__all__ = ["KSDDState", "KSDDInfo", "init", "step", "ksd_squared"]
+__all__ = [
+    "KSDDState",
+    "KSDDInfo",
+    "init",
+    "step",
+    "ksd_squared",
+]
 
 
 class KSDDState(NamedTuple):

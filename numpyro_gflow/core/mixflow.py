@@ -52,10 +52,23 @@ from jax import lax
 from numpyro_gflow.core.numerics import gaussian_log_density, lower_factor
 
 __all__ = [
-    "FlowPoint", "MixFlowParams", "ReferenceState", "ReferenceInfo", "reference_init",
-    "reference_step", "reference_gaussian", "flow_map", "inverse_flow_map",
-    "sample_reference", "log_reference",
-    "sample", "log_density", "elbo", "inversion_error", "acceptance", "point",
+    "FlowPoint",
+    "MixFlowParams",
+    "ReferenceState",
+    "ReferenceInfo",
+    "reference_init",
+    "reference_step",
+    "reference_gaussian",
+    "flow_map",
+    "inverse_flow_map",
+    "sample_reference",
+    "log_reference",
+    "sample",
+    "log_density",
+    "elbo",
+    "inversion_error",
+    "acceptance",
+    "point",
 ]
 
 #: the irrational shift of the auxiliary variable per flow map (the authors' pi / 16)
@@ -281,13 +294,13 @@ def acceptance(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable, nu
 class ReferenceState(NamedTuple):
     """Gaussian VI of the reference (reparameterised ELBO gradients, optax).
 
-    Mean-field: ``x = particles + exp(log_scale) * eps``. Full rank (``whiten`` given): the fit
+    Mean-field: ``x = loc + exp(log_scale) * eps``. Full rank (``whiten`` given): the fit
     runs in coordinates ``y`` with ``x = center + whiten @ y`` (a Laplace approximation's mode
     and inverse-Hessian square root, fixed), where the posterior is close to ``N(0, I)`` and one
-    Adam learning rate suits every parameter: ``y = particles + B eps``, ``B`` lower-triangular
+    Adam learning rate suits every parameter: ``y = loc + B eps``, ``B`` lower-triangular
     with diagonal ``exp(log_scale)`` and strictly lower part ``off_diag``."""
 
-    particles: jax.Array    # (1, d) the reference mean (whitened coordinates when full rank)
+    loc: jax.Array          # (1, d) the reference mean (whitened coordinates when full rank)
     log_scale: jax.Array    # (1, d)
     opt_state: optax.OptState
     rng_key: jax.Array
@@ -317,9 +330,9 @@ def reference_gaussian(state: ReferenceState):
     """``(loc, scale, scale_tril)`` of the fitted reference in x's coordinates
     (``scale_tril`` None for a mean-field reference; ``scale`` its diagonal otherwise)."""
     if state.off_diag is None:
-        return state.particles[0], jnp.exp(state.log_scale[0]), None
+        return state.loc[0], jnp.exp(state.log_scale[0]), None
     W = state.whiten[0]
-    loc = state.center[0] + W @ state.particles[0]
+    loc = state.center[0] + W @ state.loc[0]
     tril = lower_factor(W @ _factor(state.log_scale, state.off_diag))
     return loc, jnp.diagonal(tril), tril
 
@@ -343,9 +356,9 @@ def reference_init(loc, scale, optimizer: optax.GradientTransformation, rng_key,
 def reference_step(state: ReferenceState, score_fn: Callable, optimizer, num_mc_samples: int
                    ) -> tuple[ReferenceState, ReferenceInfo]:
     rng_key, k_noise, k_batch = jax.random.split(state.rng_key, 3)
-    d = state.particles.shape[-1]
-    eps = jax.random.normal(k_noise, (num_mc_samples, d), state.particles.dtype)
-    params = (state.particles, state.log_scale, state.off_diag)
+    d = state.loc.shape[-1]
+    eps = jax.random.normal(k_noise, (num_mc_samples, d), state.loc.dtype)
+    params = (state.loc, state.log_scale, state.off_diag)
     log_p, score = score_fn(_draws(params, eps, state.center, state.whiten), k_batch)
     log_det = 0.0 if state.whiten is None else jnp.linalg.slogdet(state.whiten[0])[1]
     entropy = jnp.sum(state.log_scale) + log_det + 0.5 * d * (1.0 + jnp.log(2 * jnp.pi))
@@ -360,5 +373,5 @@ def reference_step(state: ReferenceState, score_fn: Callable, optimizer, num_mc_
     grads = jax.grad(surrogate)(params)
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
     loc, log_scale, off = optax.apply_updates(params, updates)
-    return state._replace(particles=loc, log_scale=log_scale, opt_state=opt_state,
+    return state._replace(loc=loc, log_scale=log_scale, opt_state=opt_state,
                           rng_key=rng_key, off_diag=off), ReferenceInfo(elbo_value)

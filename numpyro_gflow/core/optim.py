@@ -10,7 +10,11 @@ import optax
 
 from numpyro_gflow._validate import nonnegative_float, positive_float
 
-__all__ = ["svgd_adagrad", "coin_betting", "as_optimizer"]
+__all__ = [
+    "svgd_adagrad",
+    "coin_betting",
+    "as_optimizer",
+]
 
 
 class SVGDAdagradState(NamedTuple):

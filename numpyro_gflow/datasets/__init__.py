@@ -22,7 +22,12 @@ from importlib import resources
 
 import numpy as np
 
-__all__ = ["BREAST_CANCER_CLASSES", "DIABETES_COLUMNS", "load_breast_cancer", "load_diabetes"]
+__all__ = [
+    "BREAST_CANCER_CLASSES",
+    "DIABETES_COLUMNS",
+    "load_breast_cancer",
+    "load_diabetes",
+]
 
 #: class names of the breast-cancer target, in target order (0 = malignant, 1 = benign)
 BREAST_CANCER_CLASSES = ("malignant", "benign")

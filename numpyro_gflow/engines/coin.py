@@ -18,7 +18,11 @@ from numpyro_gflow.core.optim import as_optimizer, coin_betting
 from numpyro_gflow.engines.base import ParticleEngine
 from numpyro_gflow.engines.svgd import SVGD
 
-__all__ = ["CoinSVGD", "KSDD", "CoinKSDD"]
+__all__ = [
+    "CoinSVGD",
+    "KSDD",
+    "CoinKSDD",
+]
 
 
 def _check_kernel(kernel):

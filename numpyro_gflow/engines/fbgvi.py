@@ -48,7 +48,6 @@ class FBGVI(DensityEngine):
     """
 
     objective = "elbo"
-    min_particles = 1
 
     def __init__(self, model, *, step_size="auto", stochastic: bool = False,
                  num_mc_samples: int | None = None, hessian: str = "exact", map_steps: int = 200,
@@ -64,8 +63,9 @@ class FBGVI(DensityEngine):
                                else positive_int("num_mc_samples", num_mc_samples, 1))
         self.map_steps = positive_int("map_steps", map_steps, 0)
 
-    def _core_init(self, particles, rng_key, target: Target):
+    def _core_init(self, z, rng_key, target: Target):
         log_p = target.log_density
+        particles = z
         if self.map_steps:
             particles = climb(log_p, particles, self.map_steps)
         trace, top = curvature(log_p, particles, rng_key)
@@ -86,8 +86,11 @@ class FBGVI(DensityEngine):
         return step(state, target.score_fn(), target.hvp_fn(), self.hessian, self.stochastic,
                     local_cap=self.step_size == "auto")
 
+    def _points(self, state):
+        return state.mean[None]
+
     def _result(self, state, info, target, rng_key) -> InferenceResult:
-        loc, cov = state.particles[0], state.cov
+        loc, cov = state.mean, state.cov
         scale_tril = jnp.linalg.cholesky(cov)
         q = dist.MultivariateNormal(loc, scale_tril=scale_tril)
 

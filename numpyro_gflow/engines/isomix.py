@@ -70,7 +70,6 @@ class IsoGaussianMixtureVI(DensityEngine):
     """
 
     objective = "elbo"
-    min_particles = 1
 
     def __init__(self, model, *, num_components: int = 10, variance_update: str = "ibw",
                  step_size="auto", num_mc_samples: int = 10, initial_variance="laplace",
@@ -160,9 +159,12 @@ class IsoGaussianMixtureVI(DensityEngine):
     def _core_step(self, state, target):
         return step(state, target.score_fn(), self.num_mc_samples, self.variance_update)
 
+    def _points(self, state):
+        return state.means
+
     def _result(self, state, info, target, rng_key) -> InferenceResult:
         fitted = averaged(state)
-        means, variances, scale = fitted.particles, fitted.variances, fitted.scale
+        means, variances, scale = fitted.means, fitted.variances, fitted.scale
         params = {"isomix_means": means, "isomix_variances": variances}
         if scale is None:
             log_q = lambda z: mixture_log_density(z, means, variances)  # noqa: E731

@@ -21,7 +21,10 @@ import jax.numpy as jnp
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
-__all__ = ["EnsembleKernel", "KernelAdapter"]
+__all__ = [
+    "EnsembleKernel",
+    "KernelAdapter",
+]
 
 
 class KernelAdapter(MCMCKernel):

@@ -39,7 +39,11 @@ from numpyro_gflow.engines.base import DensityEngine, Target
 from numpyro_gflow.engines.mcmc import KernelAdapter
 from numpyro_gflow.result import InferenceResult, latent_guide
 
-__all__ = ["MixFlow", "MixFlowResult", "MixFlowKernel"]
+__all__ = [
+    "MixFlow",
+    "MixFlowResult",
+    "MixFlowKernel",
+]
 
 
 class _StaticTarget(NamedTuple):

@@ -194,7 +194,7 @@ def main(argv=None):
     t_init = time.perf_counter() - t0
     s0 = starts["det"]
     for s in starts.values():
-        assert np.allclose(s.particles, s0.particles) and np.allclose(s.cov, s0.cov)
+        assert np.allclose(s.mean, s0.mean) and np.allclose(s.cov, s0.cov)
     h, alpha = float(s0.step_size), float(s0.alpha)
     B = s0.draws.shape[0]
     init_cost = MAP_STEPS + d + POWER_ITERATIONS[0] + 1 + POWER_ITERATIONS[1] + 1
@@ -233,7 +233,7 @@ def main(argv=None):
                 for k in steps:
                     state = advance(state, int(k - done))
                     done = int(k)
-                    e, se = evaluate(state.particles[:, 0], chol(state.cov))
+                    e, se = evaluate(state.mean, chol(state.cov))
                     E.append(e)
                     SE.append(se)
                 runs[(method, variant, c)] = dict(steps=steps, cost=init_cost + steps * g,

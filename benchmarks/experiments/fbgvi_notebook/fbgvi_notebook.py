@@ -100,7 +100,7 @@ def make_runner(X, y):
 
         def chunk(s, _):
             s = lax.fori_loop(0, every, lambda _, q: step(q), s)
-            return s, objective(s.particles[0], s.cov, jax.random.fold_in(s.rng_key, 17))
+            return s, objective(s.mean, s.cov, jax.random.fold_in(s.rng_key, 17))
 
         _, F = lax.scan(chunk, state, None, length=iters // every)
         F0 = objective(jnp.zeros(D), jnp.eye(D), jax.random.key(99))
@@ -134,7 +134,7 @@ def main():
     draws = jnp.concatenate([draws, -draws])
     st = fbgvi.init(m, jnp.linalg.inv(jax.hessian(V)(m)), 1.0, 1.0, draws, jax.random.key(8))
     st = lax.fori_loop(0, 4000, lambda _, s: fbgvi.step(s, score_fn, hvp_fn, "exact", False)[0], st)
-    optimum = float(np.mean([objective(st.particles[0], st.cov, jax.random.key(k)) for k in range(20)]))
+    optimum = float(np.mean([objective(st.mean, st.cov, jax.random.key(k)) for k in range(20)]))
 
     write(runs, laplace, optimum, data_seed, time.perf_counter() - t0)
 

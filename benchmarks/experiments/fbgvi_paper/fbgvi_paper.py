@@ -121,10 +121,10 @@ def kl_path(method: str, variant: str, eta: float, n_steps: int, target, seeds=(
 
         def body(s, _):
             s = step(s)
-            return s, kl_to_target(s.particles[0], s.cov, mu_j, A_j, logdet_sigma)
+            return s, kl_to_target(s.mean, s.cov, mu_j, A_j, logdet_sigma)
 
         kls = lax.scan(body, s0, None, length=n_steps)[1]
-        k0 = kl_to_target(s0.particles[0], s0.cov, mu_j, A_j, logdet_sigma)
+        k0 = kl_to_target(s0.mean, s0.cov, mu_j, A_j, logdet_sigma)
         return jnp.concatenate([k0[None], kls])
 
     keys = jnp.stack([jax.random.key_data(jax.random.key(1000 + s)) for s in seeds])

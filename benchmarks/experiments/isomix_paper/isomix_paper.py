@@ -74,7 +74,7 @@ def run(update, num_mc, seed=0, horizon=T):
 
 
 def evaluate(state, seed=1):
-    m, eps = state.particles, state.variances
+    m, eps = state.means, state.variances
     x = isomix.sample_mixture(jax.random.key(seed), m, eps, NUM_DRAWS)
     gap = jax.vmap(log_target)(x) - isomix.mixture_log_density(x, m, eps)
     kl = float(-jnp.mean(gap))
