@@ -1,6 +1,6 @@
 # Set-up and checks. Both targets create .venv (Python 3.12+) on first use.
 #   make demo   - install, then fit SVGD and NUTS on a real model and print the comparison
-#   make test   - install with test extras, then run the default (non-slow) test suite
+#   make test   - install with test extras, lint (ruff), then run the default (non-slow) test suite
 #   make test-slow - the long accuracy checks
 #   make bench     - the benchmark tables (not part of the tests; about 1.5 hours on 2 cores)
 #   make docs   - build the documentation site into site/ (mkdocs build --strict)
@@ -37,6 +37,7 @@ demo: $(STAMP)
 	$(VPY) examples/quickstart.py
 
 test: $(STAMP)
+	$(VPY) -m ruff check numpyro_gflow tests benchmarks examples
 	$(VPY) -m pytest
 
 test-slow: $(STAMP)

@@ -348,7 +348,7 @@ def warped_gaussian_exact(rng, n):
 
 
 # the authors' leapfrog counts L (their code's settings per target); the banana is in
-# tests/test_mixflow.py itself
+# tests/engines/test_mixflow.py itself
 TARGETS = {
     "cross": (cross, cross_exact, 60),
     "funnel": (funnel, funnel_exact, 80),

@@ -1,5 +1,5 @@
 """Writes logistic_nuts_moments.npz and eight_schools_nuts_moments.npz: the NUTS posterior means
-and sds that tests/test_isomix_realdata.py and tests/test_fbgvi.py compare against.
+and sds that tests/engines/test_isomix_realdata.py and tests/engines/test_fbgvi.py compare against.
 
 They are computed from the benchmark suite's cached reference draws
 (``benchmarks/references/<model>.npz``, made by ``python -m benchmarks.references``; read here as
@@ -20,12 +20,12 @@ REFERENCES = HERE.parents[1] / "benchmarks" / "references"
 
 
 def logistic(ref):
-    """(b, w[0..29]) per draw, as tests/test_isomix_realdata.py's ``flat``."""
+    """(b, w[0..29]) per draw, as tests/engines/test_isomix_realdata.py's ``flat``."""
     return np.column_stack([np.asarray(ref["b"]), np.asarray(ref["w"])]), "(b, w[0], ..., w[29])"
 
 
 def eight_schools(ref):
-    """(mu, log tau, theta_tilde[0..7]) per draw, as tests/test_fbgvi.py's ``flat``."""
+    """(mu, log tau, theta_tilde[0..7]) per draw, as tests/engines/test_fbgvi.py's ``flat``."""
     theta = np.column_stack([np.asarray(ref["mu"]), np.log(np.asarray(ref["tau"])),
                              np.asarray(ref["theta_tilde"])])
     return theta, "(mu, log tau, theta_tilde[0], ..., theta_tilde[7])"

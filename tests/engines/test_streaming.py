@@ -21,7 +21,7 @@ import pytest
 import numpyro_gflow as gf
 from numpyro_gflow.bridge import ModelBridge
 
-REFERENCE = Path(__file__).parent / "data" / "streamed_logistic_nuts.npz"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "streamed_logistic_nuts.npz"
 
 
 def model(X, y=None, num_rows=None):

@@ -231,7 +231,7 @@ def test_stochastic_fbgvi_on_eight_schools_needs_the_local_step_cap():
     # cached draws (tests/data/make_reference_moments.py); the model is the suite's.
     from support import EIGHT_SCHOOLS_SIGMA, EIGHT_SCHOOLS_Y, eight_schools_noncentered
 
-    ref = np.load(Path(__file__).parent / "data" / "eight_schools_nuts_moments.npz")
+    ref = np.load(Path(__file__).resolve().parents[1] / "data" / "eight_schools_nuts_moments.npz")
     args = (jnp.asarray(EIGHT_SCHOOLS_SIGMA), jnp.asarray(EIGHT_SCHOOLS_Y))
 
     def flat(s):

@@ -125,7 +125,7 @@ from numpyro_gflow.datasets import load_breast_cancer
 # the benchmark suite's model (a copy): the cached NUTS reference is of this model
 from support import logistic_regression as logistic_model
 
-REFERENCE = Path(__file__).resolve().parent / "data" / "logistic_nuts_moments.npz"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "logistic_nuts_moments.npz"
 
 NUM_COMPONENTS, NUM_MC, NUM_STEPS = 100, 10, 500   # main setting (see the table above)
 ADAPTIVE_COMPONENTS = 50                          # the setting that meets the 0.1-sd criterion

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("mkdocs", reason="docs extras not installed (pip install -e '.[docs]')")
 pytest.importorskip("mkdocstrings_handlers.python",

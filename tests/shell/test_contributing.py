@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "contributing.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "contributing.md"
 
 
 def test_worked_example_engine_runs_and_samples_the_posterior():

@@ -309,7 +309,7 @@ def test_real_data_regression_means_match_nuts():
     from numpyro_gflow.datasets import load_diabetes
 
     X, y = (jnp.asarray(a, jnp.float32) for a in load_diabetes())
-    ref = np.load(Path(__file__).parent / "data" / "diabetes_nuts_moments.npz")
+    ref = np.load(Path(__file__).resolve().parents[1] / "data" / "diabetes_nuts_moments.npz")
     res = gf.MixFlow(model, flow_length=100, num_leapfrog=20).run(jax.random.key(1), 3000, X, y,
                                                                   progress_bar=False)
 
