@@ -10,37 +10,54 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-# A 3.12+ interpreter: PYTHON=... override, then python3.13/python3.12 that actually run,
-# then pyenv's installed versions. (The machine's default python3 is 3.11: pip would quietly
-# install the old ArviZ 0.x there.)
+# A 3.12+ interpreter: PYTHON=... if given (an error if it does not run or is older than
+# 3.12), else python3.13/python3.12 that actually run, then pyenv's installed versions. (The
+# machine's default python3 is 3.11: pip would quietly install the old ArviZ 0.x there.)
 define FIND_PYTHON
-for c in $(PYTHON) python3.13 python3.12 python3 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -rV); do \
+if [ -n "$(PYTHON)" ]; then \
+  if ! command -v "$(PYTHON)" >/dev/null 2>&1; then echo "error: PYTHON=$(PYTHON): no such interpreter" >&2; exit 2; fi; \
+  if ! "$(PYTHON)" -c 'import sys' >/dev/null 2>&1; then \
+    echo "error: PYTHON=$(PYTHON) does not run: $$("$(PYTHON)" -c 'import sys' 2>&1 | head -1)" >&2; exit 2; fi; \
+  if ! "$(PYTHON)" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; then \
+    echo "error: PYTHON=$(PYTHON) is $$("$(PYTHON)" --version 2>&1 | head -1); numpyro-gflow needs Python >= 3.12" >&2; exit 2; fi; \
+  echo "$(PYTHON)"; exit 0; \
+fi; \
+for c in python3.13 python3.12 python3 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -rV); do \
   if "$$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; then echo "$$c"; exit 0; fi; \
-done; exit 1
+done; echo "error: numpyro-gflow needs Python >= 3.12; none found (set PYTHON=/path/to/python3.12)" >&2; exit 1
 endef
 
-.PHONY: demo test test-slow bench docs venv clean
+.PHONY: demo test test-slow bench docs venv clean check-python
 
 $(VPY):
-	@py=$$($(FIND_PYTHON)) || { echo "error: numpyro-gflow needs Python >= 3.12; none found (set PYTHON=/path/to/python3.12)" >&2; exit 1; }; \
+	@py=$$($(FIND_PYTHON)) || exit 1; \
 	echo "creating $(VENV) with $$py ($$($$py --version))"; \
 	"$$py" -m venv $(VENV)
+
+# PYTHON=... with an existing .venv made by another Python: say so instead of ignoring it
+check-python:
+	@if [ -n "$(PYTHON)" ] && [ -x "$(VPY)" ]; then \
+	  want=$$($(FIND_PYTHON)) || exit 1; \
+	  w=$$("$$want" -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  h=$$($(VPY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  if [ "$$w" != "$$h" ]; then echo "error: PYTHON=$(PYTHON) is Python $$w but $(VENV) was made with Python $$h; run 'make clean' first" >&2; exit 2; fi; \
+	fi
 
 $(STAMP): $(VPY) pyproject.toml
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e '.[test,demo]'
 	@touch $(STAMP)
 
-venv: $(STAMP)
+venv: check-python $(STAMP)
 
-demo: $(STAMP)
+demo: check-python $(STAMP)
 	$(VPY) examples/quickstart.py
 
-test: $(STAMP)
+test: check-python $(STAMP)
 	$(VPY) -m ruff check numpyro_gflow tests benchmarks examples
 	$(VPY) -m pytest
 
-test-slow: $(STAMP)
+test-slow: check-python $(STAMP)
 	$(VPY) -m pytest -m slow
 
 $(BENCH_STAMP): $(STAMP)
