@@ -81,7 +81,8 @@ def main(argv=None):
     for name in [m for m in opts.models.split(",") if m]:
         path = get_model(name).reference_path()
         if path.exists() and not opts.force:
-            print(f"{name}: {path.relative_to(REFERENCE_DIR.parent.parent)} exists (--force to remake)")
+            print(f"{name}: {path.relative_to(REFERENCE_DIR.parent.parent)} exists "
+                  "(--force to remake)")
             continue
         info = make_reference(name)
         size_kb = path.stat().st_size / 1024
@@ -89,7 +90,8 @@ def main(argv=None):
         if info["method"] == "nuts":
             extra = (f"; max R-hat {info['max_r_hat']:.3f}, min ESS {info['min_ess']:.0f}, "
                      f"{info['divergences']} divergences")
-        print(f"{name}: {info['method']} reference, {info['seconds']:.1f} s, {size_kb:.0f} KB{extra}")
+        print(f"{name}: {info['method']} reference, {info['seconds']:.1f} s, "
+              f"{size_kb:.0f} KB{extra}")
 
 
 if __name__ == "__main__":

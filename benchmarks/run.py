@@ -1,6 +1,7 @@
 """The benchmark suite: every engine on every model, side by side, against a reference posterior.
 
-    python -m benchmarks.run [--models a,b,...] [--engines x,y,...] [--exclude x,y,...] [--quick] [--out DIR]
+    python -m benchmarks.run [--models a,b,...] [--engines x,y,...] [--exclude x,y,...]
+        [--quick] [--out DIR]
 
 Engines (``--engines``, names as in the tables; case-insensitive):
 
@@ -58,7 +59,6 @@ from pathlib import Path
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import numpyro
 import optax
@@ -290,7 +290,8 @@ class SteinVIEngine(Engine):
     def describe(self, cfg):
         return (f"`SteinVI(model, AutoDelta(model, init_loc_fn=init_to_uniform), "
                 f"optax_to_numpyro(svgd_adagrad(eps)), RBFKernel(), num_stein_particles="
-                f"{cfg.num_particles}, num_elbo_particles=1, loss_temperature=1/{cfg.num_particles})`, "
+                f"{cfg.num_particles}, num_elbo_particles=1, "
+                f"loss_temperature=1/{cfg.num_particles})`, "
                 f"{cfg.particle_steps} steps, eps as SVGD")
 
     def build(self, bm, cfg):
@@ -298,7 +299,8 @@ class SteinVIEngine(Engine):
         from numpyro.optim import optax_to_numpyro
 
         svgd_opts = self.options(bm, "SVGD", {"step_size": cfg.svgd_step_size})
-        opts = self.options(bm, self.name, {"step_size": svgd_opts.get("step_size", cfg.svgd_step_size)})
+        opts = self.options(bm, self.name,
+                            {"step_size": svgd_opts.get("step_size", cfg.svgd_step_size)})
         n, steps = cfg.num_particles, cfg.particle_steps
         guide = AutoDelta(bm.model, init_loc_fn=init_to_uniform)
         stein = SteinVI(bm.model, guide, optax_to_numpyro(gf.optim.svgd_adagrad(opts["step_size"])),
@@ -310,10 +312,12 @@ class SteinVIEngine(Engine):
             params = jax.block_until_ready(res.params)
 
             def samples():
-                out = {k[: -len("_auto_loc")]: v for k, v in params.items() if k.endswith("_auto_loc")}
+                out = {k[: -len("_auto_loc")]: v for k, v in params.items()
+                       if k.endswith("_auto_loc")}
                 return {k: v for k, v in out.items() if k in bm.sites}
 
-            return Fit(params, samples, steinvi_grad_evals(n, steps), f"step_size={opts['step_size']}")
+            return Fit(params, samples, steinvi_grad_evals(n, steps),
+                       f"step_size={opts['step_size']}")
 
         return run
 
@@ -367,10 +371,12 @@ class SVIEngine(Engine):
             params = jax.block_until_ready(res.params)
             final_loss = float(np.mean(np.asarray(res.losses)[-100:]))
             if not np.all([np.all(np.isfinite(v)) for v in jax.tree.leaves(params)]):
-                raise FloatingPointError(f"SVI parameters became non-finite (final loss {final_loss})")
+                raise FloatingPointError("SVI parameters became non-finite "
+                                         f"(final loss {final_loss})")
 
             def samples():
-                s = guide.sample_posterior(draw_key, params, *bm.args, sample_shape=(draws,), **bm.kwargs)
+                s = guide.sample_posterior(draw_key, params, *bm.args, sample_shape=(draws,),
+                                           **bm.kwargs)
                 return {k: s[k] for k in bm.sites}
 
             return Fit(params, samples, steps * 1, f"final loss {final_loss:.4g}")
@@ -426,9 +432,11 @@ class Reference:
         return self._baselines[n]
 
     def score(self, samples: dict) -> dict:
-        x, _ = diagnostics.flatten_samples({k: np.asarray(samples[k]) for k in self.sites}, self.sites)
+        x, _ = diagnostics.flatten_samples({k: np.asarray(samples[k]) for k in self.sites},
+                                           self.sites)
         if not np.all(np.isfinite(x)):
-            raise FloatingPointError(f"{int((~np.isfinite(x)).any(1).sum())} of {x.shape[0]} draws are non-finite")
+            raise FloatingPointError(f"{int((~np.isfinite(x)).any(1).sum())} of {x.shape[0]} "
+                                     "draws are non-finite")
         mean_err = np.abs(x.mean(0) - self.mean) / self.sd
         sd_err = np.abs(x.std(0) / self.sd - 1.0)
         per_parameter = [dict(parameter=name, mean=float(m), sd=float(sd), ref_mean=float(rm),
@@ -522,7 +530,8 @@ def machine_info() -> dict:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, cwd=Path(__file__).parent).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+                               capture_output=True, text=True,
+                               cwd=Path(__file__).parent).stdout.strip()
         commit = commit + (" (with uncommitted changes)" if dirty else "")
     except OSError:
         commit = "?"
@@ -536,13 +545,15 @@ def machine_info() -> dict:
         pass
     return {
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "load average (1, 5, 15 min)": "at the start " + ", ".join(f"{x:.1f}" for x in LOAD_AT_START)
+        "load average (1, 5, 15 min)": "at the start "
+        + ", ".join(f"{x:.1f}" for x in LOAD_AT_START)
         + "; at the end " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
         + f" (on {os.cpu_count()} cpus; above that, other processes shared the machine)",
         "machine": f"{uname.system} {uname.release} {uname.machine}; processor: {cpu}",
         "cpus": str(os.cpu_count()),
         "python": platform.python_version(),
-        "jax": f"{jax.__version__}, backend {jax.default_backend()} ({', '.join(str(d) for d in jax.devices())})",
+        "jax": f"{jax.__version__}, backend {jax.default_backend()} "
+               f"({', '.join(str(d) for d in jax.devices())})",
         "numpyro": numpyro.__version__,
         "numpyro_gflow": f"{gf.__version__}, commit {commit}",
     }
@@ -627,11 +638,11 @@ def steinvi_jacobian_check(cfg: Settings) -> str:
     res = gf.SVGD(lognormal, num_particles=n, step_size=eps).run(key, steps, progress_bar=False)
     u_svgd = np.log(np.asarray(res.get_samples()["t"]))
     return (f"Jacobian check, `t ~ LogNormal(0, 1)` alone, {n} particles, {steps} steps: log t of "
-            f"the particles has mean {u_svgd.mean():+.2f}, sd {u_svgd.std():.2f} with SVGD and mean "
-            f"{u_stein.mean():+.2f}, sd {u_stein.std():.2f} with SteinVI (exact: 0, 1; without the "
-            "log-Jacobian of the constraining transform: -1, 1). SteinVI's numbers on models with "
-            "constrained sites (eight_schools' tau, dirichlet_multinomial's p) are to be read "
-            "with this in mind.")
+            f"the particles has mean {u_svgd.mean():+.2f}, sd {u_svgd.std():.2f} with SVGD and "
+            f"mean {u_stein.mean():+.2f}, sd {u_stein.std():.2f} with SteinVI (exact: 0, 1; "
+            "without the log-Jacobian of the constraining transform: -1, 1). SteinVI's numbers "
+            "on models with constrained sites (eight_schools' tau, dirichlet_multinomial's p) "
+            "are to be read with this in mind.")
 
 
 def write_results(rows, out: Path, cfg: Settings, engines, model_names, quick, total_s, refs,
@@ -677,8 +688,8 @@ def write_results(rows, out: Path, cfg: Settings, engines, model_names, quick, t
            "`benchmarks.run.steinvi_grad_evals`; NUTS: leapfrog steps in warmup + sampling; "
            "SVI: steps x 1 ELBO particle).",
            "* **compile s** = first run's wall time minus run s; **run s** = wall time of a "
-           "later run (the faster of two). **recompiles**: JAX compiled again during that run (time "
-           "in brackets, included in run s; the plot's x axis is run s minus it).",
+           "later run (the faster of two). **recompiles**: JAX compiled again during that run "
+           "(time in brackets, included in run s; the plot's x axis is run s minus it).",
            "* **max / med mean err**: |mean - reference mean| in reference sds, max and median "
            "over the scalar parameters; **med sd err**: median of |sd / reference sd - 1|.",
            "* **energy**: energy distance (V-statistic) to the reference draws, each "
@@ -746,8 +757,8 @@ def main(argv=None):
     text = write_results(rows, Path(opts.out), cfg, engines, model_names, opts.quick, total, refs,
                          checks)
     print(text)
-    print(f"\nwrote {Path(opts.out) / 'RESULTS.md'}, results.csv, per_parameter.csv, error_vs_time.png "
-          f"({total:.0f} s)", file=sys.stderr)
+    print(f"\nwrote {Path(opts.out) / 'RESULTS.md'}, results.csv, per_parameter.csv, "
+          f"error_vs_time.png ({total:.0f} s)", file=sys.stderr)
 
 
 if __name__ == "__main__":

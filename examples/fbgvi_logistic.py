@@ -71,8 +71,9 @@ SVI_STEPS = 3000 if SMOKE else 50_000
 NUM_WARMUP, NUM_SAMPLES = (200, 200) if SMOKE else (500, 1000)
 NUM_DRAWS = 1000 if SMOKE else 4000          # fresh draws from each Gaussian fit
 NUM_ELBO = 2000 if SMOKE else 20_000         # Monte Carlo draws per ELBO estimate
-print(f"setting: {'smoke (GFLOW_EXAMPLE_SMOKE=1)' if SMOKE else 'full'}: FB-GVI {FBGVI_STEPS} steps; "
-      f"SVI {SVI_STEPS} steps; NUTS {NUM_WARMUP} warmup + {NUM_SAMPLES} samples")
+print(f"setting: {'smoke (GFLOW_EXAMPLE_SMOKE=1)' if SMOKE else 'full'}: "
+      f"FB-GVI {FBGVI_STEPS} steps; SVI {SVI_STEPS} steps; "
+      f"NUTS {NUM_WARMUP} warmup + {NUM_SAMPLES} samples")
 
 # %% [markdown]
 # ## Data
@@ -170,8 +171,8 @@ key_elbo = jax.random.key(5)
 elbo_fb = elbo_of(res.guide, res.params, key_elbo)
 elbo_svi = elbo_of(guide, svi_result.params, key_elbo)
 elbo_fb_lib, elbo_fb_se = (float(v) for v in res.elbo(key_elbo, NUM_ELBO))
-print(f"ELBO ({NUM_ELBO} draws): FB-GVI {elbo_fb:.3f} (res.elbo: {elbo_fb_lib:.3f} +- {elbo_fb_se:.3f}); "
-      f"AutoMVN {elbo_svi:.3f}")
+print(f"ELBO ({NUM_ELBO} draws): FB-GVI {elbo_fb:.3f} "
+      f"(res.elbo: {elbo_fb_lib:.3f} +- {elbo_fb_se:.3f}); AutoMVN {elbo_svi:.3f}")
 
 # %% [markdown]
 # ## Means and sds, side by side
@@ -199,8 +200,9 @@ print()
 for k in ("FB-GVI", "AutoMVN"):
     z = np.abs(mean[k] - mean["NUTS"]) / sd["NUTS"]
     r = sd[k] / sd["NUTS"]
-    print(f"{k:<8} vs NUTS over all {len(names)} parameters: max |mean diff| {z.max():.2f} NUTS sds, "
-          f"median sd ratio {np.median(r):.2f} (range {r.min():.2f}-{r.max():.2f})")
+    print(f"{k:<8} vs NUTS over all {len(names)} parameters: "
+          f"max |mean diff| {z.max():.2f} NUTS sds, median sd ratio {np.median(r):.2f} "
+          f"(range {r.min():.2f}-{r.max():.2f})")
 z = np.abs(mean["FB-GVI"] - mean["AutoMVN"]) / sd["NUTS"]
 print(f"FB-GVI vs AutoMVN: max |mean diff| {z.max():.2f} NUTS sds, "
       f"median sd ratio {np.median(sd['FB-GVI'] / sd['AutoMVN']):.2f}")
@@ -264,7 +266,8 @@ colours = {"FB-GVI": "C0", "AutoMVN": "C1", "NUTS": "grey"}
 for j, ax in enumerate(axes.flat[1:]):
     i = j   # parameters 0..7: b, w[0]..w[6]
     ax.hist(th["NUTS"][:, i], bins=40, density=True, color=colours["NUTS"], alpha=0.5, label="NUTS")
-    grid = np.linspace(th["NUTS"][:, i].min() - sd["NUTS"][i], th["NUTS"][:, i].max() + sd["NUTS"][i], 200)
+    grid = np.linspace(th["NUTS"][:, i].min() - sd["NUTS"][i],
+                       th["NUTS"][:, i].max() + sd["NUTS"][i], 200)
     for k in ("FB-GVI", "AutoMVN"):
         pdf = np.exp(-0.5 * ((grid - mean[k][i]) / sd[k][i]) ** 2) / (sd[k][i] * np.sqrt(2 * np.pi))
         ax.plot(grid, pdf, color=colours[k], label=k)

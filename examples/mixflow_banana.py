@@ -143,8 +143,8 @@ print(f"banana: MixFlow density summed over the grid: {np.exp(log_q).sum() * cel
 # %%
 elbos = []
 for n in ELBO_LENGTHS:
-    r = gf.MixFlow(banana, flow_length=n, num_leapfrog=50, step_size_rule="elbo", num_draws=256).run(
-        jax.random.key(0), REFERENCE_STEPS, progress_bar=False)
+    r = gf.MixFlow(banana, flow_length=n, num_leapfrog=50, step_size_rule="elbo",
+                   num_draws=256).run(jax.random.key(0), REFERENCE_STEPS, progress_bar=False)
     elbos.append((n, r.stats["elbo"], r.stats["elbo_se"]))
     print(f"banana, N = {n:5d}: ELBO {r.stats['elbo']:.3f} +- {r.stats['elbo_se']:.3f} "
           f"(mean-field reference {r.stats['reference_elbo']:.3f})")
@@ -163,7 +163,8 @@ for ax, name in zip(axes[1:3], ["banana", "funnel"]):
 axes[2].set_yscale("symlog")
 n, e, se = map(np.asarray, zip(*elbos))
 axes[3].errorbar(n, e, 2 * se, marker="o")
-axes[3].axhline(fits["banana"].stats["reference_elbo"], ls="--", c="gray", label="mean-field reference")
+axes[3].axhline(fits["banana"].stats["reference_elbo"], ls="--", c="gray",
+                label="mean-field reference")
 axes[3].set_xscale("log")
 axes[3].set_xlabel("flow length N")
 axes[3].set_title("banana: ELBO vs flow length")

@@ -122,7 +122,8 @@ for update in ("ibw", "md"):
     trace = res.trace["elbo"]
     elbo, elbo_se = res.elbo(jax.random.key(1), 4000)
     print(f"{update.upper()}: running ELBO {trace[:20].mean():.3f} (first 20 steps) -> "
-          f"{trace[-20:].mean():.3f} (last 20); final ELBO {float(elbo):.3f} +- {float(elbo_se):.3f}")
+          f"{trace[-20:].mean():.3f} (last 20); "
+          f"final ELBO {float(elbo):.3f} +- {float(elbo_se):.3f}")
     means, variances = np.asarray(res.state.means), np.asarray(res.state.variances)
     order = np.lexsort(means.T)
     print("  component means:", "  ".join(f"({m[0]:+.2f},{m[1]:+.2f})" for m in means[order]))
@@ -196,7 +197,8 @@ elbos = {"IBW mixture": float(mixture_results["ibw"].elbo(jax.random.key(1), 400
          "AutoNormal": auto_elbo}
 
 samples = {
-    "IBW mixture": np.asarray(mixture_results["ibw"].get_samples(NUM_DRAWS, jax.random.key(6))["x"]),
+    "IBW mixture": np.asarray(
+        mixture_results["ibw"].get_samples(NUM_DRAWS, jax.random.key(6))["x"]),
     "MD mixture": np.asarray(mixture_results["md"].get_samples(NUM_DRAWS, jax.random.key(6))["x"]),
     f"NUTS ({NUM_CHAINS} chains)": nuts_x.reshape(-1, 2),
     "AutoNormal": auto_x,

@@ -166,7 +166,8 @@ print()
 print(f"over all {len(names)} parameters: max |mean diff| = {np.abs(z_diff).max():.2f} NUTS sds "
       f"(at {names[worst]}); median sd ratio SVGD/NUTS = {np.median(sd_ratio):.2f} "
       f"(range {sd_ratio.min():.2f}-{sd_ratio.max():.2f})")
-print(f"posterior predictive accuracy on the training data: SVGD {acc_svgd:.3f}, NUTS {acc_nuts:.3f}")
+print(f"posterior predictive accuracy on the training data: SVGD {acc_svgd:.3f}, "
+      f"NUTS {acc_nuts:.3f}")
 print(f"wall time: SVGD {t_svgd:.1f} s incl. compilation ({t_svgd_again:.1f} s for a second run, "
       f"already compiled); NUTS {t_nuts:.1f} s incl. compilation "
       f"({mcmc.num_warmup} warmup + {mcmc.num_samples} samples, 1 chain)")

@@ -13,7 +13,8 @@ def positive_float(name: str, value, allow_none: bool = False):
         try:
             value = float(value)  # numpy / jax scalars
         except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a positive number, got {type(value).__name__}") from None
+            raise TypeError(f"{name} must be a positive number, "
+                            f"got {type(value).__name__}") from None
     value = float(value)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")

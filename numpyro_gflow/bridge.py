@@ -269,7 +269,8 @@ class ModelBridge:
 
         if batch_size == num_rows and num_rows in self.plate_sizes.values():
             return self        # every batch is all rows (reordered): a plain plate, no rescaling
-        plates = tuple(p._replace(streamed=True) if (p.size, p.subsample_size) == (num_rows, batch_size)
+        plates = tuple(p._replace(streamed=True)
+                       if (p.size, p.subsample_size) == (num_rows, batch_size)
                        else p for p in self.subsample_plates)
         if not any(p.streamed for p in plates):
             found = ", ".join(f"{p.name!r} (size {p.size}, subsample_size {p.subsample_size})"
@@ -296,7 +297,8 @@ class ModelBridge:
 
     def batch_value_and_grad(self, z, args=(), kwargs=None, rng_key=None):
         """Log density and score at each row of ``z`` (n, d); one mini-batch for all rows."""
-        return jax.vmap(self.value_and_grad, in_axes=(0, None, None, None))(z, args, kwargs, rng_key)
+        return jax.vmap(self.value_and_grad,
+                        in_axes=(0, None, None, None))(z, args, kwargs, rng_key)
 
     def batch_score(self, z, args=(), kwargs=None, rng_key=None):
         return self.batch_value_and_grad(z, args, kwargs, rng_key)[1]
@@ -315,7 +317,8 @@ class ModelBridge:
 
     # ------------------------------------------------------------------ constrain
     def constrain(self, z, args=(), kwargs=None):
-        """Flat unconstrained ``z`` (one point) -> constrained site dict incl. deterministic sites."""
+        """Flat unconstrained ``z`` (one point) -> constrained site dict incl. deterministic
+        sites."""
         kwargs = {} if kwargs is None else kwargs
         model = self._model_with_plates(None)
         return constrain_fn(model, args, kwargs, self.unflatten(z), return_deterministic=True)

@@ -48,7 +48,8 @@ class StreamedData:
 
     def __init__(self, batch_size: int, *, shuffle: bool = True, steps_per_transfer="auto",
                  **arrays):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not arrays:
             raise ValueError("StreamedData needs at least one array, passed by keyword "
@@ -64,17 +65,21 @@ class StreamedData:
             raise ValueError(f"the arrays must have the same number of rows, got {lengths}")
         self.num_rows = next(iter(lengths.values()))
         if batch_size > self.num_rows:
-            raise ValueError(f"batch_size={batch_size} exceeds the number of rows ({self.num_rows})")
+            raise ValueError(f"batch_size={batch_size} exceeds the number of rows "
+                             f"({self.num_rows})")
         self.batch_size = int(batch_size)
         if not isinstance(shuffle, bool):
             raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
         self.shuffle = shuffle
         row_bytes = sum(a[0].nbytes for a in self.arrays.values())
         if steps_per_transfer == "auto":
-            steps_per_transfer = int(np.clip((64 << 20) // max(1, row_bytes * self.batch_size), 1, 1000))
-        elif isinstance(steps_per_transfer, bool) or not isinstance(steps_per_transfer, (int, np.integer)) \
-                or steps_per_transfer < 1:
-            raise ValueError(f"steps_per_transfer must be 'auto' or a positive int, got {steps_per_transfer!r}")
+            steps_per_transfer = int(np.clip((64 << 20) // max(1, row_bytes * self.batch_size),
+                                             1, 1000))
+        elif (isinstance(steps_per_transfer, bool)
+              or not isinstance(steps_per_transfer, (int, np.integer))
+              or steps_per_transfer < 1):
+            raise ValueError("steps_per_transfer must be 'auto' or a positive int, "
+                             f"got {steps_per_transfer!r}")
         self.steps_per_transfer = int(steps_per_transfer)
         #: whole batches per epoch (the remainder rows of a permutation wait for the next epoch)
         self.batches_per_epoch = self.num_rows // self.batch_size
@@ -101,7 +106,8 @@ class StreamedData:
         return self._order_cache[2]
 
     def indices(self, seed: int, start: int, num_steps: int) -> np.ndarray:
-        """Row indices (num_steps, batch_size) of global steps ``start .. start + num_steps - 1``."""
+        """Row indices (num_steps, batch_size) of global steps
+        ``start .. start + num_steps - 1``."""
         out = np.empty((num_steps, self.batch_size), np.int64)
         for i, step in enumerate(range(start, start + num_steps)):
             epoch, k = divmod(step, self.batches_per_epoch)

@@ -114,7 +114,8 @@ class InferenceResult:
                     "density to draw fresh samples from; call get_samples() without arguments."
                 )
             if num_samples is None or rng_key is None:
-                raise TypeError("get_samples(num_samples, rng_key): give both to draw fresh samples")
+                raise TypeError("get_samples(num_samples, rng_key): "
+                                "give both to draw fresh samples")
             samples = self._constrain(self._sampler(rng_key, num_samples))
         if group_by_chain:
             samples = jax.tree.map(lambda x: x[None], samples)

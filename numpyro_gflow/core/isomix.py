@@ -132,7 +132,8 @@ def mixture_covariance(state: IsoMixState) -> jax.Array:
     m = state.means
     spread = jnp.cov(m, rowvar=False, bias=True).reshape(m.shape[1], m.shape[1])
     eps = jnp.mean(state.variances)
-    inner = eps * (state.scale @ state.scale.T) if state.scale is not None else eps * jnp.eye(m.shape[1], dtype=m.dtype)
+    inner = (eps * (state.scale @ state.scale.T) if state.scale is not None
+             else eps * jnp.eye(m.shape[1], dtype=m.dtype))
     return inner + spread
 
 

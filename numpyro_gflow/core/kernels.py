@@ -68,8 +68,9 @@ __all__ = [
 ]
 
 #: ``block_size="auto"`` stays dense up to this many particles: there the dense step's XLA
-#: temporaries are about 1 GiB (measured 384 MiB at n = 5000, growing as n^2; benchmarks/experiments/
-#: scale_memory/SCALE_MEMORY.md) and the dense exact median is cheaper than the blocked one's 33 passes.
+#: temporaries are about 1 GiB (measured 384 MiB at n = 5000, growing as n^2;
+#: benchmarks/experiments/scale_memory/SCALE_MEMORY.md) and the dense exact median is cheaper
+#: than the blocked one's 33 passes.
 AUTO_DENSE_MAX = 8192
 #: ``block_size="auto"`` uses row blocks of this size above `AUTO_DENSE_MAX`.
 AUTO_BLOCK_SIZE = 512
@@ -153,7 +154,8 @@ def resolve_block_size(block_size, n: int) -> int | None:
         return None
     if isinstance(block_size, str):
         if block_size != "auto":
-            raise ValueError(f"block_size must be 'auto', None or a positive int, got {block_size!r}")
+            raise ValueError("block_size must be 'auto', None or a positive int, "
+                             f"got {block_size!r}")
         return None if n <= AUTO_DENSE_MAX else AUTO_BLOCK_SIZE
     block_size = int(block_size)
     if block_size <= 0:
@@ -236,7 +238,8 @@ def _check_bandwidth(bandwidth):
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"bandwidth must be 'median' or a positive finite float, got {bandwidth!r}")
+        raise ValueError("bandwidth must be 'median' or a positive finite float, "
+                         f"got {bandwidth!r}")
 
 
 def _median_scale(med, n):
@@ -259,7 +262,8 @@ def _check_block_size(block_size):
 
 
 def _check_num_features(num_features, feature_seed):
-    if num_features is not None and (isinstance(num_features, bool) or not isinstance(num_features, int)
+    if num_features is not None and (isinstance(num_features, bool)
+                                     or not isinstance(num_features, int)
                                      or num_features <= 0):
         raise ValueError(f"num_features must be None or a positive int, got {num_features!r}")
     if isinstance(feature_seed, bool) or not isinstance(feature_seed, int):
@@ -323,7 +327,8 @@ class IMQKernel:
             try:
                 float(getattr(self, name))
             except (TypeError, ValueError):
-                raise TypeError(f"IMQ {name} must be a number, got {getattr(self, name)!r}") from None
+                raise TypeError(f"IMQ {name} must be a number, "
+                                f"got {getattr(self, name)!r}") from None
         if not (-1.0 < float(self.beta) < 0.0):
             raise ValueError(f"IMQ beta must lie in (-1, 0), got {self.beta!r}")
         if not float(self.c) > 0:
@@ -353,7 +358,8 @@ def kernel_matrix(kernel: Kernel, x: jax.Array):
 
 
 def bandwidth(kernel: Kernel, x: jax.Array, block_size="kernel") -> jax.Array:
-    """The kernel's scale ``h`` for particles ``x`` (n, d), as ``kernel.scale(pairwise_sq_dists(x))``.
+    """The kernel's scale ``h`` for particles ``x`` (n, d), as
+    ``kernel.scale(pairwise_sq_dists(x))``.
 
     A median-heuristic bandwidth on the blocked path (``block_size`` resolved by
     `resolve_block_size`; ``"kernel"`` takes the kernel's own) never forms the n x n matrix

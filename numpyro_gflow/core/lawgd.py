@@ -3,7 +3,8 @@
 Chewi, Le Gouic, Lu, Maunu & Rigollet, "SVGD as a kernelized Wasserstein gradient flow of the
 chi-squared divergence" (NeurIPS 2020) move particles along
 
-    x_i <- x_i - h (1/n) sum_j grad_1 K(x_i, x_j),   K(x, y) = sum_{k>=1} phi_k(x) phi_k(y) / lambda_k,
+    x_i <- x_i - h (1/n) sum_j grad_1 K(x_i, x_j),
+    K(x, y) = sum_{k>=1} phi_k(x) phi_k(y) / lambda_k,
 
 where ``(lambda_k, phi_k)`` are the eigenpairs of ``-L``, ``L f = Laplacian f - grad V . grad f``
 the Langevin generator of the target ``pi ~ exp(-V)`` (``phi_k`` orthonormal in L^2(pi)), and
@@ -86,7 +87,8 @@ def _laplacian_1d(n: int, dx: float):
     return sparse.diags([off, main, off], [-1, 0, 1], format="csr")
 
 
-def build_basis(log_density, low, high, grid_size: int, num_eigen: int) -> tuple[LAWGDBasis, np.ndarray]:
+def build_basis(log_density, low, high, grid_size: int,
+                num_eigen: int) -> tuple[LAWGDBasis, np.ndarray]:
     """Eigenfunctions of the Langevin generator of ``exp(log_density)`` on a grid over a box.
 
     ``log_density`` maps (d,) to a scalar (unnormalised). Returns the basis and the

@@ -16,7 +16,8 @@ deterministic momentum refreshment, coordinate by coordinate::
 
 with ``F`` the Laplace CDF. Leapfrog steps and the shift of ``u`` preserve volume; the refresh
 has ``log |J| = sum_i log m(rho_i) - log m(rho_i')``. The MixFlow is the uniform mixture of
-``T^n q0`` over ``n = 0 .. N-1`` (``N = flow_length``), ``q0 = N(loc, diag(scale^2)) x m x U[0, 1)``:
+``T^n q0`` over ``n = 0 .. N-1`` (``N = flow_length``),
+``q0 = N(loc, diag(scale^2)) x m x U[0, 1)``:
 
 * sampling: ``K ~ U{0..N-1}``, ``z0 ~ q0``, return ``T^K z0``;
 * density: ``q_N(z) = (1/N) sum_{n<N} q0(T^{-n} z) |J_{T^{-n}}(z)|``, one backward pass with a
@@ -177,7 +178,8 @@ def sample_reference(rng_key, params: MixFlowParams, value_and_grad: Callable) -
     d = params.loc.shape[-1]
     dtype = params.loc.dtype
     noise = jax.random.normal(k_x, (d,), dtype)
-    x = params.loc + (params.scale * noise if params.scale_tril is None else params.scale_tril @ noise)
+    x = params.loc + (params.scale * noise if params.scale_tril is None
+                      else params.scale_tril @ noise)
     rho = laplace_icdf(jax.random.uniform(k_rho, (d,), dtype, minval=1e-7, maxval=1 - 1e-7))
     return point(x, rho, jax.random.uniform(k_u, (), dtype), value_and_grad)
 
@@ -220,7 +222,8 @@ def log_density(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
         q, cum, acc = carry
         q, log_jac = inverse_flow_map(q, params, value_and_grad, num_leapfrog)
         cum = cum - log_jac            # log |J_{T^{-k}}(z)|
-        return (q, cum, jnp.logaddexp(acc, _finite_or_neg_inf(log_reference(q, params) + cum))), None
+        return (q, cum,
+                jnp.logaddexp(acc, _finite_or_neg_inf(log_reference(q, params) + cum))), None
 
     init = (p, jnp.zeros((), p.x.dtype), log_reference(p, params))
     (_, _, acc), _ = lax.scan(body, init, None, length=flow_length - 1)
@@ -273,12 +276,15 @@ def inversion_error(rng_key, params: MixFlowParams, value_and_grad: Callable, nu
 
     ``u`` is compared on the circle (it lives modulo 1)."""
     z = sample_reference(rng_key, params, value_and_grad)
-    fwd = lax.fori_loop(0, num_maps, lambda _, q: flow_map(q, params, value_and_grad, num_leapfrog)[0], z)
+    fwd = lax.fori_loop(0, num_maps,
+                        lambda _, q: flow_map(q, params, value_and_grad, num_leapfrog)[0], z)
     back = lax.fori_loop(0, num_maps,
-                         lambda _, q: inverse_flow_map(q, params, value_and_grad, num_leapfrog)[0], fwd)
+                         lambda _, q: inverse_flow_map(q, params, value_and_grad,
+                                                       num_leapfrog)[0], fwd)
     du = jnp.abs(back.u - z.u)
     du = jnp.minimum(du, 1.0 - du)
-    return jnp.maximum(jnp.maximum(jnp.max(jnp.abs(back.x - z.x)), jnp.max(jnp.abs(back.rho - z.rho))), du)
+    return jnp.maximum(jnp.maximum(jnp.max(jnp.abs(back.x - z.x)),
+                                   jnp.max(jnp.abs(back.rho - z.rho))), du)
 
 
 def acceptance(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable, num_leapfrog: int):
@@ -340,7 +346,8 @@ def reference_gaussian(state: ReferenceState):
 def reference_init(loc, scale, optimizer: optax.GradientTransformation, rng_key,
                    whiten=None) -> ReferenceState:
     """Mean-field: ``loc`` and ``scale`` (per-coordinate sd). Full rank: ``whiten`` (d, d) maps
-    whitened coordinates to x (``loc`` the centre); the fit starts at ``N(loc, whiten whiten^T)``."""
+    whitened coordinates to x (``loc`` the centre); the fit starts at
+    ``N(loc, whiten whiten^T)``."""
     loc = jnp.atleast_2d(loc)
     if whiten is None:
         log_scale = jnp.log(jnp.broadcast_to(jnp.asarray(scale, loc.dtype), loc.shape))

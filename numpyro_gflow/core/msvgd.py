@@ -6,7 +6,8 @@ dual target's log density and score, the free primal coordinates the kernel acts
 site the Jacobian ``d theta / d eta = grad^2 psi(theta)^{-1}`` (None for identity maps). The
 direction is
 
-    phi(eta_j) = (1/n) sum_i [k(th_i, th_j) s(eta_i) + grad^2 psi(th_i)^{-1} grad_{th_i} k(th_i, th_j)]
+    phi(eta_j) = (1/n) sum_i [k(th_i, th_j) s(eta_i)
+                              + grad^2 psi(th_i)^{-1} grad_{th_i} k(th_i, th_j)]
 
 driven through an optax transformation (AdaGrad, RMSprop, or coin betting for Coin MSVGD).
 """

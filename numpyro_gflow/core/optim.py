@@ -57,7 +57,8 @@ def as_optimizer(step_size, optimizer, default=svgd_adagrad) -> optax.GradientTr
             raise ValueError("give either step_size or optimizer, not both "
                              "(an optax optimizer carries its own learning rate)")
         if not isinstance(optimizer, optax.GradientTransformation):
-            raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+            raise TypeError("optimizer must be an optax.GradientTransformation, "
+                            f"got {type(optimizer).__name__}")
         return optimizer
     if step_size is None:
         raise ValueError("step_size is required (or pass an optax optimizer=)")
@@ -79,7 +80,8 @@ def coin_betting(alpha: float = 0.0, initial_max: float = 1e-10) -> optax.Gradie
 
         L_{t+1} = max(L_t, |c_t|),  G_{t+1} = G_t + c_t,  A_{t+1} = A_t + |c_t|
         R_{t+1} = max(0, R_t + c_t (x_t - x_0))
-        x_{t+1} = x_0 + G_{t+1} / (L_{t+1} max(A_{t+1} + L_{t+1}, alpha L_{t+1})) (L_{t+1} + R_{t+1})
+        x_{t+1} = x_0 + G_{t+1} / (L_{t+1} max(A_{t+1} + L_{t+1}, alpha L_{t+1}))
+                        (L_{t+1} + R_{t+1})
 
     ``x_0`` is the parameter value at ``init``; ``L_0 = initial_max`` is tiny but positive (0
     would give 0/0 at a coordinate whose direction is still 0). ``alpha = 0`` (default) as in
@@ -118,7 +120,8 @@ def coin_betting(alpha: float = 0.0, initial_max: float = 1e-10) -> optax.Gradie
             raise ValueError("coin_betting needs params: call update(grads, state, params)")
         leaves, treedef = jax.tree.flatten(updates)
         others = [treedef.flatten_up_to(t) for t in (params, state.initial, state.max_grad,
-                                                      state.grad_sum, state.abs_grad_sum, state.reward)]
+                                                      state.grad_sum, state.abs_grad_sum,
+                                                      state.reward)]
         results = [leaf(*args) for args in zip(leaves, *others)]
         parts = [treedef.unflatten([r[i] for r in results]) for i in range(5)]
         return parts[0], CoinBettingState(state.initial, *parts[1:])

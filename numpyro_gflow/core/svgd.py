@@ -48,7 +48,8 @@ def init(particles: jax.Array, optimizer: optax.GradientTransformation, rng_key)
 
 
 def step(state: SVGDState, score_fn: Callable, kernel: Kernel,
-         optimizer: optax.GradientTransformation, with_ksd: bool = False) -> tuple[SVGDState, SVGDInfo]:
+         optimizer: optax.GradientTransformation,
+         with_ksd: bool = False) -> tuple[SVGDState, SVGDInfo]:
     rng_key, batch_key = jax.random.split(state.rng_key)
     log_density, score = score_fn(state.particles, batch_key)
     phi, h = svgd_direction(kernel, state.particles, score)

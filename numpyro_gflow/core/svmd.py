@@ -52,7 +52,8 @@ def sqrt_kernel(kernel: Kernel, theta, threshold: float = 0.98, jitter: float = 
     d = theta.shape[1]
     A = dK @ V                                                       # (l, j)
     B = (dK @ (V[:, :, None] * theta[:, None, :]).reshape(n, -1)).reshape(n, n, d)  # (l, j, d)
-    grad_u = (2.0 / h) * jnp.sqrt(n) / lam_safe[None, :, None] * (theta[:, None, :] * A[..., None] - B)
+    grad_u = ((2.0 / h) * jnp.sqrt(n) / lam_safe[None, :, None]
+              * (theta[:, None, :] * A[..., None] - B))
     grad_k_half = ((U * coef) @ jnp.swapaxes(grad_u, 0, 1).reshape(n, -1)).reshape(n, n, d)
     return k_half, grad_k_half, h, jnp.sum(keep)
 

@@ -3,7 +3,8 @@
 Shi, Liu & Mackey (ICLR 2022): SVMD's adaptive kernel with the mirror map's Hessian replaced
 by a metric ``G`` on an unconstrained space,
 
-    phi_k = (1/n^2) sum_m k_half(x_k, x_m) G^{-1} sum_l [k_half(x_m, x_l) s(x_l) + grad_{x_l} k_half(x_m, x_l)].
+    phi_k = (1/n^2) sum_m k_half(x_k, x_m) G^{-1}
+            sum_l [k_half(x_m, x_l) s(x_l) + grad_{x_l} k_half(x_m, x_l)].
 
 ``G`` is fixed, or a running average (rate ``max(decay, 1/t)``) of the particles' mean
 observed information made positive definite (negative eigenvalues clipped) plus ``jitter I``.
@@ -44,7 +45,8 @@ def _psd(G, floor):
 
 def init(particles, metric, optimizer, rng_key) -> SVNGState:
     """``metric``: the starting (or fixed) (d, d) SPD metric."""
-    return SVNGState(particles, optimizer.init(particles), metric, jnp.zeros((), jnp.int32), rng_key)
+    return SVNGState(particles, optimizer.init(particles), metric, jnp.zeros((), jnp.int32),
+                     rng_key)
 
 
 def step(state: SVNGState, score_fn: Callable, hessian_fn: Callable | None, kernel: Kernel,

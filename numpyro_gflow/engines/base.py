@@ -138,7 +138,8 @@ class Engine(abc.ABC):
         if init_params is not None:
             z = bridge.flatten_batch(init_params)
             if z.shape[0] != keys.shape[0]:
-                raise ValueError(f"init_params has {z.shape[0]} rows, expected one per particle ({keys.shape[0]})")
+                raise ValueError(f"init_params has {z.shape[0]} rows, expected one per particle "
+                                 f"({keys.shape[0]})")
             return z
         z, ok = compiled.init(keys, dynamic)
         if not bool(jnp.all(ok)):
@@ -158,7 +159,8 @@ class Engine(abc.ABC):
         keys = jax.random.split(rng_key, self.num_points)
         z = self._from_unconstrained(self._initial_points(compiled, dynamic, keys, init_params),
                                      compiled.bridge)
-        return self._core_init(z, self._state_key(keys), Target(compiled.bridge, args, kwargs, num_steps))
+        return self._core_init(z, self._state_key(keys),
+                               Target(compiled.bridge, args, kwargs, num_steps))
 
     # ------------------------------------------------------------------ the engine API
     def run(self, rng_key, num_steps: int, *args, progress_bar: bool = True, init_params=None,
@@ -249,10 +251,12 @@ class Engine(abc.ABC):
         result.num_steps = steps_kept
         if failed_at:
             result.status = (f"stopped: non-finite state or objective at step {failed_at} of "
-                             f"{num_steps}; the state and trace are those after step {failed_at - 1}")
+                             f"{num_steps}; the state and trace are those after step "
+                             f"{failed_at - 1}")
             if nan_policy == "raise":
-                raise NonFiniteError(f"{type(self).__name__}: {result.status} (lower the step size, "
-                                     "or run(..., nan_policy='stop') to get the partial result)",
+                raise NonFiniteError(f"{type(self).__name__}: {result.status} "
+                                     "(lower the step size, or run(..., nan_policy='stop') "
+                                     "to get the partial result)",
                                      result)
         elif interrupted:
             result.status = f"interrupted after step {done} of {num_steps}"
@@ -270,7 +274,8 @@ class Engine(abc.ABC):
             raise ValueError(f"{type(self).__name__} does not take a data_loader: it needs the "
                              "model's exact log density (all rows) at every step")
         if not isinstance(data_loader, StreamedData):
-            raise TypeError(f"data_loader must be a numpyro_gflow.StreamedData, got {type(data_loader).__name__}")
+            raise TypeError("data_loader must be a numpyro_gflow.StreamedData, "
+                            f"got {type(data_loader).__name__}")
         clash = sorted(set(data_loader.names) & set(kwargs))
         if clash:
             raise TypeError(f"model keyword argument(s) {clash} are given both directly and by the "

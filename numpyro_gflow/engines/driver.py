@@ -49,7 +49,8 @@ def all_finite(tree) -> jax.Array:
     """Whether every float leaf of ``tree`` is finite (a traced bool)."""
     leaves = [x for x in jax.tree.leaves(tree)
               if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.asarray(True)
+    return (jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves
+            else jnp.asarray(True))
 
 
 class Compiled(NamedTuple):
@@ -114,14 +115,14 @@ def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
             failed_at = jnp.where(active & (failed_at == 0) & ~ok, step, failed_at)
             keep = active & (failed_at == 0)
             state = lax.cond(keep, lambda: new, lambda: state)
-            progress.tick(bar_id, step, getattr(info, engine.objective) if engine.objective else 0.0,
-                          every)
+            progress.tick(bar_id, step,
+                          getattr(info, engine.objective) if engine.objective else 0.0, every)
             return (state, failed_at), info
 
         return lax.scan(body, carry, (jnp.arange(num_steps, dtype=jnp.int32), batches))
 
-    compiled = Compiled(bridge, jax.jit(init_fn), jax.jit(run_fn, static_argnames=("num_steps", "every")),
-                        static, treedef)
+    compiled = Compiled(bridge, jax.jit(init_fn),
+                        jax.jit(run_fn, static_argnames=("num_steps", "every")), static, treedef)
     if signature is not None:
         engine._compiled[signature] = compiled
     return compiled, dynamic
@@ -180,6 +181,7 @@ def run_chunks(engine, compiled: Compiled, dynamic, state, num_steps: int, progr
 def empty_info(compiled: Compiled, dynamic, carry, feed=None):
     """The per-step info of zero steps (right fields and dtypes, length 0)."""
     batches = None if feed is None else feed.shapes(1)
-    shapes = jax.eval_shape(lambda c, d, b: compiled.run(c, d, b, jnp.int32(0), jnp.int32(0), jnp.int32(1),
-                                                         num_steps=1, every=1)[1], carry, dynamic, batches)
+    shapes = jax.eval_shape(lambda c, d, b: compiled.run(c, d, b, jnp.int32(0), jnp.int32(0),
+                                                         jnp.int32(1), num_steps=1, every=1)[1],
+                            carry, dynamic, batches)
     return jax.tree.map(lambda sd: jnp.zeros((0,) + sd.shape[1:], sd.dtype), shapes)

@@ -79,7 +79,8 @@ class FBGVI(DensityEngine):
         if self.stochastic:
             draws = jnp.zeros((B, d), particles.dtype)    # only the shape is used
         else:
-            draws = moment_matched_draws(jax.random.fold_in(rng_key, 7), B, d).astype(particles.dtype)
+            draws = moment_matched_draws(jax.random.fold_in(rng_key, 7), B, d).astype(
+                particles.dtype)
         return init(particles[0], var * jnp.eye(d, dtype=particles.dtype), h, alpha, draws, rng_key)
 
     def _core_step(self, state, target):

@@ -9,7 +9,14 @@ import numpyro.distributions as dist
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_gflow._validate import positive_float_or, positive_int
-from numpyro_gflow.core.isomix import averaged, init, make_schedule, mixture_log_density, sample_mixture, step
+from numpyro_gflow.core.isomix import (
+    averaged,
+    init,
+    make_schedule,
+    mixture_log_density,
+    sample_mixture,
+    step,
+)
 from numpyro_gflow.core.numerics import climb, curvature, floored_curvature
 from numpyro_gflow.engines.base import DensityEngine, Target
 from numpyro_gflow.result import InferenceResult
@@ -35,8 +42,8 @@ class IsoGaussianMixtureVI(DensityEngine):
             its initial mean, the best isotropic variance for a Gaussian of that curvature (1.0
             where the curvature is not positive); or a common float (the paper uses 5).
         map_steps: Adam steps (lr 0.05) of ascent on ``log pi`` from each initial mean before
-            the flow starts (default 200; 0 for none); each component climbs its own hill, which helps
-            components start on different modes.
+            the flow starts (default 200; 0 for none); each component climbs its own hill, which
+            helps components start on different modes.
         init_strategy: per-component NumPyro init strategy for the means (default
             ``init_to_uniform``: U(-2, 2) in the unconstrained space; the paper draws means
             from U(-5, 5)^d, i.e. ``init_to_uniform(radius=5)``).
@@ -82,7 +89,8 @@ class IsoGaussianMixtureVI(DensityEngine):
         self.variance_update = variance_update
         self.step_size = positive_float_or("step_size", step_size, ("auto",))
         self.num_mc_samples = positive_int("num_mc_samples", num_mc_samples)
-        self.initial_variance = positive_float_or("initial_variance", initial_variance, ("laplace",))
+        self.initial_variance = positive_float_or("initial_variance", initial_variance,
+                                                  ("laplace",))
         self.map_steps = positive_int("map_steps", map_steps, 0)
         if isinstance(preconditioner, str):
             if preconditioner not in ("laplace", "adaptive"):
@@ -128,7 +136,8 @@ class IsoGaussianMixtureVI(DensityEngine):
             h = 0.5 / jnp.maximum(jnp.max(top), 1e-6)
         else:
             h = self.step_size
-        return init(particles, variances, h, rng_key, scale, self._schedule(particles, target.num_steps))
+        return init(particles, variances, h, rng_key, scale,
+                    self._schedule(particles, target.num_steps))
 
     def _schedule(self, particles, num_steps):
         if num_steps is None or (self.preconditioner != "adaptive" and not self.average_last):
@@ -150,7 +159,8 @@ class IsoGaussianMixtureVI(DensityEngine):
         if not isinstance(p, str):
             p = jnp.asarray(p, particles.dtype)
             if p.shape not in ((d,), (d, d)):
-                raise ValueError(f"preconditioner has shape {p.shape}, expected ({d},) or ({d}, {d})")
+                raise ValueError(f"preconditioner has shape {p.shape}, "
+                                 f"expected ({d},) or ({d}, {d})")
             return jnp.diag(p) if p.ndim == 1 else p
         center = particles[jnp.argmax(jax.vmap(log_p)(particles))]
         lam, vec = floored_curvature(log_p, center)

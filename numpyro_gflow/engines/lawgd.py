@@ -65,7 +65,8 @@ class CoinLAWGD(ParticleEngine):
         if d > MAX_DIM:
             raise ValueError(
                 f"CoinLAWGD supports models with at most {MAX_DIM} unconstrained dimensions "
-                f"(grid eigen-decomposition); this model has {d} (sites {target.bridge.site_names})."
+                f"(grid eigen-decomposition); this model has {d} "
+                f"(sites {target.bridge.site_names})."
                 " Use CoinSVGD instead.")
         if self.bounds is not None:
             low, high = (np.asarray(b, np.float64).reshape(-1) for b in self.bounds)

@@ -70,14 +70,16 @@ class EnsembleKernel(KernelAdapter):
 
         if not self._batched(rng_key):
             raise ValueError(
-                f"{type(self).__name__} is an ensemble kernel: use MCMC(..., num_chains=n_particles, "
-                "chain_method='vectorized') with num_chains >= 2 (each chain is a particle)."
+                f"{type(self).__name__} is an ensemble kernel: use "
+                "MCMC(..., num_chains=n_particles, chain_method='vectorized') with "
+                "num_chains >= 2 (each chain is a particle)."
             )
         compiled, dynamic = compile_engine(self, model_args, model_kwargs)
         self._kernel_bridge = compiled.bridge
         z = self._initial_points(compiled, dynamic, rng_key, init_params)
         z = self._from_unconstrained(z, compiled.bridge)
-        return self._core_init(z, self._state_key(rng_key), Target(compiled.bridge, model_args, model_kwargs))
+        return self._core_init(z, self._state_key(rng_key),
+                               Target(compiled.bridge, model_args, model_kwargs))
 
     def sample(self, state, model_args, model_kwargs):
         from numpyro_gflow.engines.base import Target

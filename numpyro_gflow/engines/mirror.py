@@ -85,7 +85,8 @@ def mirror_map_for(site: str, support, fallback: str | None = None) -> MirrorMap
         return EntropicSimplex()
     if base is constraints.positive:
         return EntropicPositive()
-    if isinstance(base, constraints.interval) and not isinstance(base, constraints.integer_interval):
+    if (isinstance(base, constraints.interval)
+            and not isinstance(base, constraints.integer_interval)):
         return EntropicBox(base.lower_bound, base.upper_bound)
     if fallback == "numpyro":
         return NumPyroTransformMirror(support)
@@ -122,12 +123,15 @@ class MirroredTarget:
                                     for k, v in theta.items()})
 
     def from_unconstrained(self, z):
-        theta = {k: biject_to(self.bridge.supports[k])(v) for k, v in self.bridge.unflatten(z).items()}
-        return self.bridge.flatten({k: self.maps[k].to_dual(theta[k]) for k in self.bridge.site_names})
+        theta = {k: biject_to(self.bridge.supports[k])(v)
+                 for k, v in self.bridge.unflatten(z).items()}
+        return self.bridge.flatten({k: self.maps[k].to_dual(theta[k])
+                                    for k in self.bridge.site_names})
 
     def free_primal(self, eta):
         theta = self.primal(eta)
-        return jnp.concatenate([jnp.ravel(self.maps[k].free(theta[k])) for k in self.bridge.site_names])
+        return jnp.concatenate([jnp.ravel(self.maps[k].free(theta[k]))
+                                for k in self.bridge.site_names])
 
     def log_density(self, eta, args=(), kwargs=None, rng_key=None):
         parts = self.bridge.unflatten(eta)
@@ -228,7 +232,8 @@ class MSVGD(_MirroredEngine):
         self.optimizer = as_optimizer(step_size, optimizer, default=svgd_adagrad)
         self.kernel = RBFKernel() if kernel is None else kernel
         if not isinstance(self.kernel, (RBFKernel, IMQKernel)):
-            raise TypeError(f"kernel must be an RBFKernel or IMQKernel, got {type(self.kernel).__name__}")
+            raise TypeError("kernel must be an RBFKernel or IMQKernel, "
+                            f"got {type(self.kernel).__name__}")
 
     def _core_init(self, particles, rng_key, target: Target):
         self._check_fixed_supports(target)
@@ -273,7 +278,8 @@ class SVMD(MSVGD):
                  fallback: str | None = None, trace_ksd: bool = False,
                  init_strategy=init_to_uniform):
         super().__init__(model, num_particles=num_particles, step_size=step_size,
-                         optimizer=optimizer, kernel=IMQKernel(bandwidth="median") if kernel is None else kernel,
+                         optimizer=optimizer,
+                         kernel=IMQKernel(bandwidth="median") if kernel is None else kernel,
                          fallback=fallback, trace_ksd=trace_ksd, init_strategy=init_strategy)
         self.eigen_threshold = unit_fraction("eigen_threshold", eigen_threshold)
 

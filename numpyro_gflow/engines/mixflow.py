@@ -1,4 +1,5 @@
-"""MixFlow on a NumPyro model: the engine, result and MCMC kernel over `numpyro_gflow.core.mixflow`."""
+"""MixFlow on a NumPyro model: the engine, result and MCMC kernel over
+`numpyro_gflow.core.mixflow`."""
 
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ def _jit_log_density(x, rho, u, params, dynamic, target, flow_length, num_leapfr
 
 @partial(jax.jit, static_argnames=("target", "flow_length", "num_leapfrog", "num_samples"))
 def _jit_elbo(rng_key, params, dynamic, target, flow_length, num_leapfrog, num_samples):
-    return elbo(rng_key, params, target.value_and_grad(dynamic), flow_length, num_leapfrog, num_samples)
+    return elbo(rng_key, params, target.value_and_grad(dynamic), flow_length, num_leapfrog,
+                num_samples)
 
 
 @partial(jax.jit, static_argnames=("target", "num_maps", "num_leapfrog", "num_samples"))
@@ -117,7 +119,8 @@ def _jit_inversion_error(rng_key, params, dynamic, target, num_maps, num_leapfro
 
 
 @partial(jax.jit, static_argnames=("target", "flow_length", "num_leapfrog", "num_samples"))
-def _jit_tune_elbo(rng_key, params, candidates, dynamic, target, flow_length, num_leapfrog, num_samples):
+def _jit_tune_elbo(rng_key, params, candidates, dynamic, target, flow_length, num_leapfrog,
+                   num_samples):
     """ELBO (and SE) of each candidate step size, the same draws of z0 for all (paired);
     ``params.step_size`` holds the per-coordinate unit the candidates multiply."""
     vg = target.value_and_grad(dynamic)
@@ -134,7 +137,8 @@ def _jit_tune_acceptance(rng_key, params, candidates, dynamic, target, num_leapf
     """Mean acceptance probability (and SE) of one map's leapfrog from draws of q0, per
     candidate step size (the same draws for all)."""
     vg = target.value_and_grad(dynamic)
-    starts = jax.vmap(lambda k: sample_reference(k, params, vg))(jax.random.split(rng_key, num_samples))
+    starts = jax.vmap(lambda k: sample_reference(k, params, vg))(
+        jax.random.split(rng_key, num_samples))
 
     def one(s):
         a = jax.vmap(lambda p: acceptance(p, params._replace(step_size=s * params.step_size), vg,
@@ -231,10 +235,12 @@ class MixFlow(DensityEngine):
 
     def __init__(self, model, *, flow_length: int = 100, step_size="auto", num_leapfrog: int = 20,
                  reference="meanfield", step_size_rule: str = "acceptance",
-                 target_accept: float = 0.9, step_size_grid=tuple(0.005 * 2 ** (k / 2) for k in range(17)),
+                 target_accept: float = 0.9,
+                 step_size_grid=tuple(0.005 * 2 ** (k / 2) for k in range(17)),
                  num_tune_samples: int = 64, num_draws: int = 1000,
                  reference_learning_rate="auto", reference_mc_samples: int = 8,
-                 step_scale: str = "reference", map_steps: int = 200, init_strategy=init_to_uniform):
+                 step_scale: str = "reference", map_steps: int = 200,
+                 init_strategy=init_to_uniform):
         super().__init__(model, init_strategy=init_strategy)
         self.flow_length = positive_int("flow_length", flow_length)
         self.num_leapfrog = positive_int("num_leapfrog", num_leapfrog)
@@ -247,7 +253,8 @@ class MixFlow(DensityEngine):
             raise ValueError("step_size_grid must hold at least one positive step size")
         self.step_size_grid = tuple(sorted(grid))
         if step_size_rule not in ("acceptance", "elbo"):
-            raise ValueError(f"step_size_rule must be 'acceptance' or 'elbo', got {step_size_rule!r}")
+            raise ValueError("step_size_rule must be 'acceptance' or 'elbo', "
+                             f"got {step_size_rule!r}")
         self.step_size_rule = step_size_rule
         self.target_accept = positive_float("target_accept", target_accept)
         if not self.target_accept < 1:
@@ -283,7 +290,8 @@ class MixFlow(DensityEngine):
 
     def _reference_arrays(self, bridge: ModelBridge, particles):
         if isinstance(self.reference, str):
-            return particles, jnp.full(particles.shape, 0.1, particles.dtype)  # AutoNormal's init_scale
+            # AutoNormal's init_scale
+            return particles, jnp.full(particles.shape, 0.1, particles.dtype)
         loc, scale = (bridge.flatten(v) if isinstance(v, dict) else jnp.asarray(v, particles.dtype)
                       for v in self.reference)
         d = bridge.dim
@@ -323,25 +331,29 @@ class MixFlow(DensityEngine):
         bridge, args, kwargs = target.bridge, target.model_args, target.model_kwargs
         target, dynamic = _split(bridge, args, kwargs)
         loc, scale, tril = reference_gaussian(state)
-        if not all(bool(jnp.all(jnp.isfinite(a))) for a in (loc, scale) + ((tril,) if tril is not None else ())):
+        if not all(bool(jnp.all(jnp.isfinite(a)))
+                   for a in (loc, scale) + ((tril,) if tril is not None else ())):
             raise FloatingPointError(
-                f"MixFlow: the {'full-rank' if tril is not None else 'mean-field'} reference fit is "
-                "not finite (the model's density or its gradient is NaN/inf along the fit, or the "
-                "Laplace mode search failed); check the model, or give reference=(loc, scale)")
+                f"MixFlow: the {'full-rank' if tril is not None else 'mean-field'} reference fit "
+                "is not finite (the model's density or its gradient is NaN/inf along the fit, "
+                "or the Laplace mode search failed); check the model, or give "
+                "reference=(loc, scale)")
         if self.step_scale == "reference":
             # steps in units of the reference: per-coordinate sd, or (full rank) whitened
             # coordinates y = L^-1 (x - loc), where q0 is a standard normal
             unit, matrix = (scale, None) if tril is None else (jnp.ones_like(scale), tril)
         else:
             unit, matrix = jnp.ones_like(scale), None
-        params = MixFlowParams(loc, scale, unit, tril, matrix)  # step_size = the unit, during tuning
+        # step_size = the unit, during tuning
+        params = MixFlowParams(loc, scale, unit, tril, matrix)
         k_tune, k_elbo, k_draw, k_inv = jax.random.split(jax.random.fold_in(rng_key, 7), 4)
         stats = {}
         if self.step_size == "auto":
             cands = jnp.asarray(self.step_size_grid, loc.dtype)
             if self.step_size_rule == "elbo":
-                means, ses = _jit_tune_elbo(k_tune, params, cands, dynamic, target, self.flow_length,
-                                            self.num_leapfrog, self.num_tune_samples)
+                means, ses = _jit_tune_elbo(k_tune, params, cands, dynamic, target,
+                                            self.flow_length, self.num_leapfrog,
+                                            self.num_tune_samples)
                 means = jnp.where(jnp.isfinite(means), means, -jnp.inf)
                 best = int(jnp.argmax(means))
                 if not bool(jnp.isfinite(means[best])):
@@ -356,7 +368,8 @@ class MixFlow(DensityEngine):
                 # the smallest candidate
                 best = int(ok[-1]) if ok.size else 0
             step = float(cands[best])
-            stats["step_size_grid"] = {float(c): (float(m), float(s)) for c, m, s in zip(cands, means, ses)}
+            stats["step_size_grid"] = {float(c): (float(m), float(s))
+                                       for c, m, s in zip(cands, means, ses)}
         else:
             step = self.step_size
         params = params._replace(step_size=step * unit)
@@ -368,7 +381,8 @@ class MixFlow(DensityEngine):
         ref_value, ref_se = _jit_elbo(k_elbo, params, dynamic, target, 1, 1, 4 * num_elbo)
         stats.update(step_size=step, elbo=float(value), elbo_se=float(se),
                      reference_elbo=float(ref_value), reference_elbo_se=float(ref_se),
-                     inversion_error=float(jnp.max(flow.inversion_error(k_inv, self.flow_length, 8))))
+                     inversion_error=float(jnp.max(
+                         flow.inversion_error(k_inv, self.flow_length, 8))))
         draws = flow.sample(k_draw, self.num_draws)
         stats["grad_evals"] = self._grad_evals(len(info.elbo), num_elbo, loc.shape[0])
         return InferenceResult(
@@ -450,7 +464,8 @@ class MixFlowResult:
                          self.fit.num_leapfrog, positive_int("num_samples", num_samples, 2))
         return m, s
 
-    def inversion_error(self, rng_key, num_maps: int | None = None, num_samples: int = 8) -> jax.Array:
+    def inversion_error(self, rng_key, num_maps: int | None = None,
+                        num_samples: int = 8) -> jax.Array:
         """Per draw z ~ q0: max |z - T^{-n} T^n z| with ``n = num_maps`` (default ``N``)."""
         params, dynamic, target = self._args()
         n = self.fit.flow_length if num_maps is None else positive_int("num_maps", num_maps)
@@ -503,8 +518,8 @@ class MixFlowKernel(KernelAdapter):
 
     sample_field = "x"
 
-    def __init__(self, model=None, *, fit: InferenceResult | None = None, reference_steps: int = 2000,
-                 reference_key=None, **mixflow_kwargs):
+    def __init__(self, model=None, *, fit: InferenceResult | None = None,
+                 reference_steps: int = 2000, reference_key=None, **mixflow_kwargs):
         if model is None and fit is None:
             raise ValueError("MixFlowKernel needs a model or fit= (a MixFlow.run result)")
         if fit is not None and getattr(fit, "flow", None) is None:

@@ -41,7 +41,8 @@ class BatchFeed:
         if self.mesh is None:
             return jax.device_put(host)
         n = self.mesh.devices.size
-        return {k: jax.device_put(v, rows(self.mesh, 1) if v.shape[1] % n == 0 else replicated(self.mesh))
+        return {k: jax.device_put(v, rows(self.mesh, 1) if v.shape[1] % n == 0
+                                  else replicated(self.mesh))
                 for k, v in host.items()}
 
     def shapes(self, num_steps: int) -> dict:
@@ -97,7 +98,8 @@ def place_points(state, num_points: int, devices):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     mesh = Mesh(np.asarray(devices), ("particles",))
-    split, same = NamedSharding(mesh, PartitionSpec("particles")), NamedSharding(mesh, PartitionSpec())
+    split, same = (NamedSharding(mesh, PartitionSpec("particles")),
+                   NamedSharding(mesh, PartitionSpec()))
 
     def put(x):
         if not isinstance(x, jax.Array):

@@ -60,7 +60,8 @@ class SVGD(ParticleEngine):
         self.optimizer = as_optimizer(step_size, optimizer)
         self.kernel = RBFKernel() if kernel is None else kernel
         if not isinstance(self.kernel, (RBFKernel, IMQKernel)):
-            raise TypeError(f"kernel must be an RBFKernel or IMQKernel, got {type(self.kernel).__name__}")
+            raise TypeError("kernel must be an RBFKernel or IMQKernel, "
+                            f"got {type(self.kernel).__name__}")
 
     def _core_init(self, particles, rng_key, target):
         return init(particles, self.optimizer, rng_key)

@@ -20,7 +20,8 @@ class SVNG(ParticleEngine):
     """Stein variational natural gradient (Shi, Liu & Mackey 2022): SVMD's adaptive kernel with
     the mirror map's Hessian replaced by a metric ``G`` on NumPyro's unconstrained space,
 
-        phi_k = (1/n^2) sum_m k_half(x_k, x_m) G^{-1} sum_l [k_half(x_m, x_l) s(x_l) + grad_{x_l} k_half(x_m, x_l)].
+        phi_k = (1/n^2) sum_m k_half(x_k, x_m) G^{-1}
+                sum_l [k_half(x_m, x_l) s(x_l) + grad_{x_l} k_half(x_m, x_l)].
 
     Args:
         metric: ``"hessian"`` (default) -- a running average (rate ``max(decay, 1/t)``) of the
@@ -58,7 +59,8 @@ class SVNG(ParticleEngine):
         self.optimizer = as_optimizer(step_size, optimizer, default=optax.sgd)
         self.kernel = RBFKernel() if kernel is None else kernel
         if not isinstance(self.kernel, (RBFKernel, IMQKernel)):
-            raise TypeError(f"kernel must be an RBFKernel or IMQKernel, got {type(self.kernel).__name__}")
+            raise TypeError("kernel must be an RBFKernel or IMQKernel, "
+                            f"got {type(self.kernel).__name__}")
         if isinstance(metric, str):
             if metric != "hessian":
                 raise ValueError(f"metric must be 'hessian' or a (d, d) SPD array, got {metric!r}")
@@ -79,7 +81,8 @@ class SVNG(ParticleEngine):
             G = jnp.eye(d, dtype=particles.dtype)
         else:
             if self.metric.shape != (d, d):
-                raise ValueError(f"metric has shape {self.metric.shape}, the model's dimension is {d}")
+                raise ValueError(f"metric has shape {self.metric.shape}, "
+                                 f"the model's dimension is {d}")
             G = self.metric.astype(particles.dtype)
         return svng.init(particles, G, self.optimizer, rng_key)
 

@@ -4,20 +4,21 @@ over a step-size grid, deterministic and stochastic.
     python -m benchmarks.experiments.fbgvi_curves.fbgvi_curves [--quick] [--no-note]
 
 Target: Bayesian logistic regression on the breast-cancer data
-(``numpyro_gflow.datasets.load_breast_cancer()``: 569 rows, 30 standardised features), one latent vector ``theta`` = (intercept, 30 weights) with
-prior N(0, 5^2) on the intercept and N(0, 1) on the weights: d = 31, strongly log-concave (the
-prior gives curvature >= 1/25) and not Gaussian.
+(``numpyro_gflow.datasets.load_breast_cancer()``: 569 rows, 30 standardised features), one
+latent vector ``theta`` = (intercept, 30 weights) with prior N(0, 5^2) on the intercept and
+N(0, 1) on the weights: d = 31, strongly log-concave (the prior gives curvature >= 1/25) and
+not Gaussian.
 
 Methods (``float32``, CPU), all started from the engine's own initial state (``FBGVI.init``: MAP
 by 200 Adam steps, isotropic covariance ``(d / tr H) I``, ``beta`` and ``alpha`` by power
 iteration), with step ``h = c / beta`` for ``c`` in ``H_MULTS``:
 
-* ``FB-GVI`` -- ``numpyro_gflow.core.fbgvi.step`` (the engine's pure step; the script checks that its
-  loop reproduces ``FBGVI.run``);
+* ``FB-GVI`` -- ``numpyro_gflow.core.fbgvi.step`` (the engine's pure step; the script checks
+  that its loop reproduces ``FBGVI.run``);
 * ``BW-SGD`` -- Lambert et al. (2022): the forward step alone with the entropy's gradient
   explicit, ``m <- m - h E[grad V]``, ``S <- M S M``, ``M = I - h (E[grad^2 V] - S^{-1})``
-  (``numpyro_gflow.core.fbgvi.bw_sgd_step``: the same draws, random stream, Hessian estimator and step schedule as
-  ``fbgvi.step``; only the entropy step differs);
+  (``numpyro_gflow.core.fbgvi.bw_sgd_step``: the same draws, random stream, Hessian estimator
+  and step schedule as ``fbgvi.step``; only the entropy step differs);
 
 each in three variants:
 
@@ -81,7 +82,8 @@ NUM_SVI_SEEDS = 4
 NUM_ELBO_DET = 10_000
 NUM_ELBO_STOCH = 1000
 MAP_STEPS = 200                 # FBGVI's default
-POWER_ITERATIONS = (30, 100)    # numpyro_gflow.core.numerics.curvature / smallest_curvature defaults
+# numpyro_gflow.core.numerics.curvature / smallest_curvature defaults
+POWER_ITERATIONS = (30, 100)
 
 
 # ---------------------------------------------------------------------------- data, model
@@ -132,8 +134,8 @@ def cell(run, b):
     if e.size == 1:
         return float(e[0]), float(se[0]), div, int(run["steps"][i])
     ef = e[fin]
-    return float(ef.mean()), float(ef.std(ddof=1) / np.sqrt(ef.size)) if ef.size > 1 else np.nan, div, \
-        int(run["steps"][i])
+    return (float(ef.mean()), float(ef.std(ddof=1) / np.sqrt(ef.size)) if ef.size > 1 else np.nan,
+            div, int(run["steps"][i]))
 
 
 def fmt_cell(c, with_se=True):
@@ -204,9 +206,12 @@ def main(argv=None):
 
     # our loop == the engine's loop
     n_check = 20
-    ours = vmapped_loop(lambda s: fbgvi.step(s, score_fn, hvp_fn, "exact", False)[0])(stack([s0]), n_check)
-    theirs = gf.FBGVI(model).run(jax.random.key(0), n_check, *args, progress_bar=False, init_state=s0)
-    diff = float(jnp.max(jnp.abs(ours.cov[0] - theirs.state.cov)) / jnp.max(jnp.abs(theirs.state.cov)))
+    ours = vmapped_loop(lambda s: fbgvi.step(s, score_fn, hvp_fn, "exact", False)[0])(
+        stack([s0]), n_check)
+    theirs = gf.FBGVI(model).run(jax.random.key(0), n_check, *args, progress_bar=False,
+                                 init_state=s0)
+    diff = float(jnp.max(jnp.abs(ours.cov[0] - theirs.state.cov))
+                 / jnp.max(jnp.abs(theirs.state.cov)))
     print(f"check: own loop vs FBGVI.run after {n_check} steps: max rel cov diff {diff:.1e}")
     assert diff < 1e-4, diff
 
@@ -243,10 +248,11 @@ def main(argv=None):
                     jax.block_until_ready(advance(state, 1))
                     t1 = time.perf_counter()
                     jax.block_until_ready(advance(state, n_t))
-                    per_step_us[(method, variant)] = (time.perf_counter() - t1) / n_t / n_seeds * 1e6
+                    per_step_us[(method, variant)] = ((time.perf_counter() - t1) / n_t / n_seeds
+                                                      * 1e6)
                 end = cell(runs[(method, variant, c)], max_cost)
-                print(f"{method} {variant:<9} h = {c:<4g}/beta: {max_steps:>6} steps, end {fmt_cell(end)} "
-                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
+                print(f"{method} {variant:<9} h = {c:<4g}/beta: {max_steps:>6} steps, "
+                      f"end {fmt_cell(end)} ({time.perf_counter() - t0:.1f} s)", flush=True)
 
     # ------------------------------------------------------------------ SVI AutoMVN
     guide = AutoMultivariateNormal(model)
@@ -268,7 +274,8 @@ def main(argv=None):
         runs[("SVI", f"lr={lr:g}", None)] = dict(steps=steps, cost=steps.astype(float),
                                                  elbo=np.array(E), se=np.array(SE))
         end = cell(runs[("SVI", f"lr={lr:g}", None)], max_cost)
-        print(f"SVI AutoMVN Adam lr={lr:g}: end {fmt_cell(end)} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        print(f"SVI AutoMVN Adam lr={lr:g}: end {fmt_cell(end)} "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
 
     report = tables(runs, budgets, per_step, per_step_us, init_cost, B)
     print("\n" + report)
@@ -312,7 +319,8 @@ def tables(runs, budgets, per_step, per_step_us, init_cost, B):
         seeds = "mean ± SE over %d seeds" % NUM_SEEDS if VARIANTS[variant][1] else \
             "± Monte Carlo SE of %d fresh draws" % NUM_ELBO_DET
         us = ", ".join(f"{m} {per_step_us[(m, variant)]:.0f} us" for m in ("FB-GVI", "BW-SGD"))
-        out.append(f"### `{variant}`: {per_step[variant]} gradients + HVPs per step ({us} per step; {seeds})\n")
+        out.append(f"### `{variant}`: {per_step[variant]} gradients + HVPs per step "
+                   f"({us} per step; {seeds})\n")
         out.append(f"| method | h · beta | {bh} | lowest ELBO on the way (step) |")
         out.append("|---|---|" + "---|" * len(budgets) + "---|")
         for method in ("FB-GVI", "BW-SGD"):
@@ -320,18 +328,20 @@ def tables(runs, budgets, per_step, per_step_us, init_cost, B):
                 run = runs[(method, variant, c)]
                 cells = [fmt_cell(cell(run, b)) for b in budgets]
                 with np.errstate(all="ignore"):
-                    mean = np.array([np.nanmean(e) if np.isfinite(e).any() else np.nan for e in run["elbo"]])
+                    mean = np.array([np.nanmean(e) if np.isfinite(e).any() else np.nan
+                                     for e in run["elbo"]])
                 start = mean[0]
                 if np.isfinite(mean[1:]).any():
                     i = int(np.nanargmin(mean[1:])) + 1
-                    low = f"{mean[i]:.1f} ({run['steps'][i]})" if mean[i] < start else "— (monotone enough)"
+                    low = (f"{mean[i]:.1f} ({run['steps'][i]})" if mean[i] < start
+                           else "— (monotone enough)")
                 else:
                     low = "diverged"
                 out.append(f"| {method} | {c:g} | " + " | ".join(cells) + f" | {low} |")
         for method in ("FB-GVI", "BW-SGD"):
             ok = [f"{c:g}" for c in H_MULTS if _stable(runs[(method, variant, c)])]
-            out.append(f"* {method} stable at h · beta in {{{', '.join(ok)}}} (no diverged seed, never "
-                       "more than 1 nat below the start)")
+            out.append(f"* {method} stable at h · beta in {{{', '.join(ok)}}} "
+                       "(no diverged seed, never more than 1 nat below the start)")
         out.append("")
     start = runs[("FB-GVI", "det", H_MULTS[0])]["elbo"][0, 0]
     out.insert(0, f"Start Gaussian (all GVI runs): ELBO {start:.2f}; GVI costs include the "
@@ -343,7 +353,8 @@ def tables(runs, budgets, per_step, per_step_us, init_cost, B):
                  else "cells with a diverged seed excluded")
         out.append(f"### Best of the step-size grid, per budget ({which}; h · beta of the best in "
                    "brackets)\n")
-        head = "| budget | " + " | ".join(f"FB-GVI {v} | BW-SGD {v} | FB − BW {v}" for v in VARIANTS) + " |"
+        head = ("| budget | "
+                + " | ".join(f"FB-GVI {v} | BW-SGD {v} | FB − BW {v}" for v in VARIANTS) + " |")
         out += [head, "|---|" + "---|" * (3 * len(VARIANTS))]
         for b in budgets:
             row = [fmt_b(b)]
@@ -364,7 +375,8 @@ def tables(runs, budgets, per_step, per_step_us, init_cost, B):
                f"mean ± SE over {NUM_SVI_SEEDS} seeds) at equal gradient evaluations\n")
     svis = [k for k in runs if k[0] == "SVI"]
     out.append("| budget | " + " | ".join(f"SVI {k[1]}" for k in svis)
-               + " | FB-GVI det-stein, h = 1/beta | FB-GVI det-stein best h | FB-GVI stoch, h = 1/beta"
+               + " | FB-GVI det-stein, h = 1/beta | FB-GVI det-stein best h"
+                 " | FB-GVI stoch, h = 1/beta"
                  " | FB-GVI det, h = 1/beta |")
     out.append("|---|" + "---|" * (len(svis) + 4))
     for b in budgets:
@@ -395,12 +407,14 @@ def plot(runs, budgets, d, max_cost):
             col = cmap(j / (len(H_MULTS) - 1))
             for method, ls in (("FB-GVI", "-"), ("BW-SGD", "--")):
                 r = runs[(method, variant, c)]
-                ax.loglog(np.maximum(r["cost"], 1), np.maximum(top - means[(method, variant, c)], 1e-2),
+                ax.loglog(np.maximum(r["cost"], 1),
+                          np.maximum(top - means[(method, variant, c)], 1e-2),
                           color=col, ls=ls, label=f"{method} h={c:g}/β")
         for k in runs:
             if k[0] == "SVI":
-                ax.loglog(np.maximum(runs[k]["cost"], 1), np.maximum(top - means[k], 1e-2), color="grey",
-                          ls="-" if k[1] == "lr=0.001" else ":", label=f"SVI AutoMVN {k[1]}")
+                ax.loglog(np.maximum(runs[k]["cost"], 1), np.maximum(top - means[k], 1e-2),
+                          color="grey", ls="-" if k[1] == "lr=0.001" else ":",
+                          label=f"SVI AutoMVN {k[1]}")
         ax.set_title(f"{variant} (solid FB-GVI, dashed BW-SGD)")
     # envelope: best over the grid per checkpoint cost
     ax = axes[3]
@@ -411,11 +425,13 @@ def plot(runs, budgets, d, max_cost):
             for b in costs:
                 x = _best(runs, method, variant, b)
                 env.append(np.nan if x is None else top - x[1][0])
-            ax.loglog(costs, np.maximum(env, 1e-2), color=col, ls=ls, label=f"{method} {variant} best h")
+            ax.loglog(costs, np.maximum(env, 1e-2), color=col, ls=ls,
+                      label=f"{method} {variant} best h")
     for k in runs:
         if k[0] == "SVI":
-            ax.loglog(np.maximum(runs[k]["cost"], 1), np.maximum(top - means[k], 1e-2), color="grey",
-                      ls="-" if k[1] == "lr=0.001" else ":", label=f"SVI AutoMVN {k[1]}")
+            ax.loglog(np.maximum(runs[k]["cost"], 1), np.maximum(top - means[k], 1e-2),
+                      color="grey", ls="-" if k[1] == "lr=0.001" else ":",
+                      label=f"SVI AutoMVN {k[1]}")
     ax.set_title("best of the step-size grid per budget")
     for ax in axes:
         ax.set_xlabel("gradients + HVPs (init included)")
@@ -482,7 +498,9 @@ seeded runs, mean ± SE over seeds). "diverged": non-finite covariance / ELBO.
   h < 1.84/lambda_max for FB-GVI's covariance (the mean step needs h < 2/lambda_max for both).
   Measured: at h = 1/beta BW-SGD is already marginal (its ELBO drops ~11 nats below the start at
   step 2 in `det` and `det-stein` before recovering; 1 of 8 stochastic seeds diverges); at
-  h = 1.5/beta FB-GVI is monotone and settles in `det` and `det-stein` (to a biased fixed point: see ../fbgvi_paper/FBGVI_PAPER.md, where the same step leaves KL 0.45 on a Gaussian) (no seed diverges in
+  h = 1.5/beta FB-GVI is monotone and settles in `det` and `det-stein` (to a biased fixed \
+point: see ../fbgvi_paper/FBGVI_PAPER.md, where the same step leaves KL 0.45 on a Gaussian) \
+(no seed diverges in
   `stoch`) while BW-SGD falls to about -1340 (`det`), diverges (`det-stein`) or loses a seed
   (`stoch`). At h >= 2/beta both are unstable (the mean step overshoots), FB-GVI less violently.
 * **Best of the grid at a fixed budget.** With every step size that did not diverge at that budget

@@ -13,8 +13,8 @@ Hessian at theta ~ q_k) and a constant step eta = 1600 / iterations for iteratio
 4000 (eta = 8, 1, 0.4; the notebook does not tie eta to beta: with beta <= 1/4 the paper's bound
 h <= 1/beta is at least 4, so eta = 8 is at least twice it and the others are within). FB-GVI:
 ``numpyro_gflow.core.fbgvi.step`` (stochastic draws, the decreasing schedule switched off by alpha
--> 0); BW-SGD (Lambert et al. 2022): ``numpyro_gflow.core.fbgvi.bw_sgd_step``, the same step with the entropy's
-gradient explicit and no JKO step. Plotted, as in the notebook:
+-> 0); BW-SGD (Lambert et al. 2022): ``numpyro_gflow.core.fbgvi.bw_sgd_step``, the same step with
+the entropy's gradient explicit and no JKO step. Plotted, as in the notebook:
 F(q_k) = E_q[V] - H(q) (KL(q || pi) up to log Z) from 1000 fresh draws, against time eta x k.
 
 Differences from the notebook: the data seed is fixed (the notebook sets none) and chosen as
@@ -60,7 +60,8 @@ def make_data():
         y = (rng.random(N) < 1 / (1 + np.exp(-X @ theta))).astype(float)
         # separable iff some w has (2y - 1) x_i . w >= 1 for all i (an LP feasibility problem)
         A = -((2 * y - 1)[:, None] * X)
-        feasible = linprog(np.zeros(D), A_ub=A, b_ub=-np.ones(N), bounds=[(None, None)] * D).status == 0
+        feasible = linprog(np.zeros(D), A_ub=A, b_ub=-np.ones(N),
+                           bounds=[(None, None)] * D).status == 0
         if not feasible:
             return seed, jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32)
     raise RuntimeError("no non-separable dataset in 100 seeds")
@@ -118,7 +119,8 @@ def main():
     for method in ("FB-GVI", "BW-SGD"):
         for iters in ITERS:
             eta = TIME / iters
-            fn = jax.jit(lambda seed, method=method, eta=eta, iters=iters: run(method, eta, iters, seed))
+            fn = jax.jit(lambda seed, method=method, eta=eta, iters=iters:
+                         run(method, eta, iters, seed))
             curves = np.stack([np.asarray(fn(seed)) for seed in SEEDS])
             times = eta * max(1, iters // CHECKPOINTS) * np.arange(curves.shape[1])
             runs[(method, eta)] = (times, curves)
@@ -155,7 +157,8 @@ def write(runs, laplace, optimum, data_seed, elapsed):
     ax.axhline(optimum, color="k", lw=0.8, label="Gaussian VI optimum")
     ax.set_ylim(optimum - 0.5, optimum + 6)
     ax.set_xlabel("time (eta x steps)"), ax.set_ylabel("F(q) = E_q[V] - H(q)")
-    ax.set_title("FB-GVI (solid) vs BW-SGD (dashed), one draw per step; median of 5 seeds", fontsize=9)
+    ax.set_title("FB-GVI (solid) vs BW-SGD (dashed), one draw per step; median of 5 seeds",
+                 fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(HERE, "fbgvi_notebook.png"), dpi=80)
@@ -182,9 +185,11 @@ def write(runs, laplace, optimum, data_seed, elapsed):
             col = curves[:, k]
             ok = col[np.isfinite(col)]
             cells.append("failed" if ok.size == 0 else
-                         f"{np.median(ok):.3f} [{ok.min():.3f}, {ok.max():.3f}]" + ("" if ok.size == col.size else f" ({col.size - ok.size} failed)"))
+                         f"{np.median(ok):.3f} [{ok.min():.3f}, {ok.max():.3f}]"
+                         + ("" if ok.size == col.size else f" ({col.size - ok.size} failed)"))
         failed = int(np.sum(~np.isfinite(curves[:, -1])))
-        lines.append(f"| {method} | {eta:g} | {int(round(TIME / eta))} | " + " | ".join(cells) + f" | {failed} / {curves.shape[0]} |")
+        lines.append(f"| {method} | {eta:g} | {int(round(TIME / eta))} | " + " | ".join(cells)
+                     + f" | {failed} / {curves.shape[0]} |")
     lines += ["", "![F vs time](fbgvi_notebook.png)", ""]
     with open(os.path.join(HERE, "FBGVI_NOTEBOOK.md"), "w") as f:
         f.write("\n".join(lines))

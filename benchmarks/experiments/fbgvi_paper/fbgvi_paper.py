@@ -117,7 +117,8 @@ def kl_path(method: str, variant: str, eta: float, n_steps: int, target, seeds=(
         step = lambda s: fbgvi.bw_sgd_step(s, score_fn, hvp_fn, "exact", stochastic)  # noqa: E731
 
     def one(key):
-        s0 = fbgvi.init(jnp.zeros(DIM, dtype), jnp.eye(DIM, dtype=dtype) / BETA, eta, alpha, draws, key)
+        s0 = fbgvi.init(jnp.zeros(DIM, dtype), jnp.eye(DIM, dtype=dtype) / BETA, eta, alpha, draws,
+                        key)
 
         def body(s, _):
             s = step(s)
@@ -202,7 +203,8 @@ def main(argv=None):
     # ------------------------------------------------------------------ deterministic table
     print("### Deterministic (exact expectations): KL(p_k || pi) at time t = eta * k\n")
     print("| method | eta | " + " | ".join(f"t = {t:g}" for t in TIMES)
-          + " | slope of log KL per unit time, t in [450, 900] (predicted) | first non-PD step; note |")
+          + " | slope of log KL per unit time, t in [450, 900] (predicted)"
+            " | first non-PD step; note |")
     print("|---|---|" + "---|" * len(TIMES) + "---|---|")
     for method in ("FB-GVI", "BW-SGD"):
         for eta in ETAS:
@@ -221,9 +223,11 @@ def main(argv=None):
 
     # ------------------------------------------------------------------ stochastic tables
     for variant, title in (("stoch", "Stochastic, constant step (the notebook's)"),
-                           ("stoch-decay", "Stochastic, h_k = eta / (1 + 0.01 eta k) (fbgvi's schedule)")):
+                           ("stoch-decay",
+                            "Stochastic, h_k = eta / (1 + 0.01 eta k) (fbgvi's schedule)")):
         print(f"\n### {title}: median KL over {NUM_SEEDS} seeds (diverged seeds in brackets)\n")
-        extra = " | mean KL over t in [450, 900] (predicted plateau) |" if variant == "stoch" else " |"
+        extra = (" | mean KL over t in [450, 900] (predicted plateau) |" if variant == "stoch"
+                 else " |")
         print("| method | eta | " + " | ".join(f"t = {t:g}" for t in TIMES) + extra)
         print("|---|---|" + "---|" * len(TIMES) + ("---|" if variant == "stoch" else ""))
         for method in ("FB-GVI", "BW-SGD"):

@@ -156,7 +156,8 @@ def main():
     for update, b, r, secs, _ in long_rows:
         lines.append(row(update.upper() + ", T = 50", b, r, f"{secs:.1f} s"))
     lines += ["", "Running ELBO (the engine's per-step Monte Carlo estimate), mean over steps:", "",
-              "| update | B | steps 1-100 | 401-500 | 901-1000 |", "| --- | --- | --- | --- | --- |"]
+              "| update | B | steps 1-100 | 401-500 | 901-1000 |",
+              "| --- | --- | --- | --- | --- |"]
     for update, b, _, _, elbo in rows:
         lines.append(f"| {update.upper()} | {b} | {elbo[:100].mean():.3f} | "
                      f"{elbo[400:500].mean():.3f} | {elbo[900:].mean():.4f} |")

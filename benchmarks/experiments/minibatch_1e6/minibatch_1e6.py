@@ -85,7 +85,8 @@ def nuts(X, y, num_warmup=500, num_samples=1000):
     from numpyro.infer import MCMC, NUTS
 
     t0 = time.perf_counter()
-    mcmc = MCMC(NUTS(full_model), num_warmup=num_warmup, num_samples=num_samples, progress_bar=False)
+    mcmc = MCMC(NUTS(full_model), num_warmup=num_warmup, num_samples=num_samples,
+                progress_bar=False)
     mcmc.run(jax.random.key(1), jax.numpy.asarray(X), jax.numpy.asarray(y))
     theta = flat(mcmc.get_samples())
     return theta.mean(0), theta.std(0), time.perf_counter() - t0
@@ -125,7 +126,8 @@ def main():
     loader = gf.StreamedData(BATCH, X=X, y=y)
     timed_row(f"FB-GVI stochastic, streamed batches of {BATCH} ({a.steps} steps)",
               lambda: gf.FBGVI(streamed_model, stochastic=True).run(
-                  jax.random.key(0), a.steps, num_rows=a.rows, data_loader=loader, progress_bar=False),
+                  jax.random.key(0), a.steps, num_rows=a.rows, data_loader=loader,
+                  progress_bar=False),
               a.steps, ref)
     Xd, yd = jax.numpy.asarray(X), jax.numpy.asarray(y)
     timed_row(f"FB-GVI stochastic, on-device subsample {BATCH} ({a.steps} steps)",
@@ -145,13 +147,16 @@ def main():
 
     lines = [
         "# Mini-batches at 10^6 rows (issue 9)", "",
-        f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by `python -m benchmarks.experiments.minibatch_1e6.minibatch_1e6` "
+        f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
+        "`python -m benchmarks.experiments.minibatch_1e6.minibatch_1e6` "
         f"in {(time.perf_counter() - t_all) / 60:.1f} min on {platform.machine()} Linux, "
-        f"{os.cpu_count()} CPU cores (load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} "
-        f"at the end), JAX {jax.__version__} (CPU, float32), NumPyro {numpyro.__version__}.", "",
-        f"Logistic regression, {a.rows:,} synthetic rows, 10 covariates + intercept (see the script's "
-        "docstring). Wall time includes compilation. Errors are against NUTS on the same rows: "
-        "max over the 11 parameters of |mean - NUTS mean| / NUTS sd, and the range of sd / NUTS sd.",
+        f"{os.cpu_count()} CPU cores (load average {load0:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end), JAX {jax.__version__} (CPU, float32), "
+        f"NumPyro {numpyro.__version__}.", "",
+        f"Logistic regression, {a.rows:,} synthetic rows, 10 covariates + intercept (see the "
+        "script's docstring). Wall time includes compilation. Errors are against NUTS on the "
+        "same rows: max over the 11 parameters of |mean - NUTS mean| / NUTS sd, and the range of "
+        "sd / NUTS sd.",
         "",
         "| run | wall s | steps/s | max mean err (NUTS sd) | sd ratio |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -20,7 +20,8 @@ included: SVI runs in compiled chunks of 500 steps (one compilation), each conti
 last, until that time is spent (so it may overrun by up to one chunk). ELBOs: MixFlow's is on the
 augmented space (x, rho, u), a lower bound on the ELBO of its x-marginal; the guides' from
 10,000 draws. The guides: AutoIAFNormal, AutoBNAFNormal (the issue's yardstick) and
-AutoMultivariateNormal (the full-rank Gaussian family, for the reading). Mean error: max over the 12 parameters of |mean - NUTS mean| / NUTS sd (2000 draws).
+AutoMultivariateNormal (the full-rank Gaussian family, for the reading). Mean error: max over
+the 12 parameters of |mean - NUTS mean| / NUTS sd (2000 draws).
 """
 
 from __future__ import annotations
@@ -86,12 +87,14 @@ def log_evidence(X, y) -> float:
     top = values.max()
     assert values[0] < top - 10 and values[-1] < top - 10, "sigma grid misses posterior mass"
     density = np.exp(values - top)
-    trapezoid = np.sum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))  # numpy < 2 has no np.trapezoid
+    # numpy < 2 has no np.trapezoid
+    trapezoid = np.sum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))
     return float(top + np.log(trapezoid))
 
 
 def flat(s):
-    return np.column_stack([np.asarray(s["w"]), np.asarray(s["b"])[:, None], np.asarray(s["sigma"])[:, None]])
+    return np.column_stack([np.asarray(s["w"]), np.asarray(s["b"])[:, None],
+                            np.asarray(s["sigma"])[:, None]])
 
 
 def guide_fit(guide_cls, seconds, X, y):
@@ -129,7 +132,8 @@ def main():
     rows = []
     for cfg in CONFIGS:
         t0 = time.perf_counter()
-        res = gf.MixFlow(model, num_draws=2000, **cfg).run(jax.random.key(1), 3000, X, y, progress_bar=False)
+        res = gf.MixFlow(model, num_draws=2000, **cfg).run(jax.random.key(1), 3000, X, y,
+                                                           progress_bar=False)
         wall = time.perf_counter() - t0
         s = res.stats
         desc = ", ".join(f"{k}={v}" for k, v in cfg.items())
@@ -150,8 +154,9 @@ def main():
         "# MixFlow vs NumPyro flow guides at equal wall time (issue 8)", "",
         f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
         "`python -m benchmarks.experiments.mixflow_realdata.mixflow_realdata` "
-        f"in {(time.perf_counter() - t_all) / 60:.1f} min ({platform.machine()}, {os.cpu_count()} CPU "
-        f"cores, load average {os.getloadavg()[0]:.1f} at the end; JAX {jax.__version__}, NumPyro "
+        f"in {(time.perf_counter() - t_all) / 60:.1f} min ({platform.machine()}, "
+        f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end; "
+        f"JAX {jax.__version__}, NumPyro "
         f"{numpyro.__version__}, float32). Setting: see the script's docstring. Exact log evidence "
         f"(quadrature over sigma, float64): {log_z:.3f}; KL = log Z - ELBO.", "",
         "| fit | wall s | SVI steps | ELBO | KL | max mean err (NUTS sd) |",

@@ -1,6 +1,7 @@
 """MixFlow on the paper's four 2-d synthetic targets, against NUTS with as many draws.
 
-    python -m benchmarks.experiments.mixflow_targets.mixflow_targets [--draws 2000] [--flow-length 500] [--out DIR]
+    python -m benchmarks.experiments.mixflow_targets.mixflow_targets
+        [--draws 2000] [--flow-length 500] [--out DIR]
 
 Targets as in the authors' code (Xu, Chen & Campbell 2023, ``example/*/model_2d.jl``), each
 with an exact sampler:
@@ -151,11 +152,13 @@ def planar_flow_elbo(log_p, dim=2, num_layers=10, num_steps=20000, batch=64, see
     def train(params, key):
         def step(carry, k):
             params, state = carry
-            loss, g = jax.value_and_grad(lambda p: -jnp.mean(elbo_terms(p, jax.random.normal(k, (batch, dim)))))(params)
+            loss, g = jax.value_and_grad(
+                lambda p: -jnp.mean(elbo_terms(p, jax.random.normal(k, (batch, dim)))))(params)
             g = jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), g)
             updates, state = opt.update(g, state, params)
             return (optax.apply_updates(params, updates), state), loss
-        (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, num_steps))
+        (params, _), _ = jax.lax.scan(step, (params, opt.init(params)),
+                                      jax.random.split(key, num_steps))
         return params
 
     params = train(params, jax.random.key(seed + 1))
@@ -172,12 +175,15 @@ def elbo_rows(name, flow_lengths=(100, 500, 1000), seed=0, reference_steps=5000)
     rows = []
     for n in flow_lengths:
         res = gf.MixFlow(model, flow_length=n, num_leapfrog=num_leapfrog, step_size_rule="elbo",
-                         num_draws=256).run(jax.random.key(seed), reference_steps, progress_bar=False)
+                         num_draws=256).run(jax.random.key(seed), reference_steps,
+                                            progress_bar=False)
         s = res.stats
         rows.append((f"MixFlow N={n}", s["elbo"], s["elbo_se"], s["step_size"]))
-    rows.append(("mean-field Gaussian (reference)", s["reference_elbo"], s["reference_elbo_se"], None))
+    rows.append(("mean-field Gaussian (reference)", s["reference_elbo"], s["reference_elbo_se"],
+                 None))
     bridge = ModelBridge.from_model(model)
-    rows.append(("planar flow, 10 layers", *planar_flow_elbo(lambda z: bridge.log_density(z)), None))
+    rows.append(("planar flow, 10 layers", *planar_flow_elbo(lambda z: bridge.log_density(z)),
+                 None))
     return rows
 
 
@@ -251,7 +257,8 @@ def main():
         lines.append(
             f"| {r['target']} | {r['L']} | {r['N']} | {r['step']:g} | {r['ed_mixflow']:.4f} | "
             f"{r['ed_nuts']:.4f} | {r['ed_exact']:.4f} | {r['ed_mixflow'] / r['ed_nuts']:.2f} | "
-            f"{r['elbo']:.3f} +- {r['elbo_se']:.3f} | {r['ref_elbo']:.3f} +- {r['ref_elbo_se']:.3f} | "
+            f"{r['elbo']:.3f} +- {r['elbo_se']:.3f} | "
+            f"{r['ref_elbo']:.3f} +- {r['ref_elbo_se']:.3f} | "
             f"{r['inv_err']:.2g} | {r['mixflow_s']:.1f} | {r['nuts_s']:.1f} |")
     lines += ["", "## ELBO (the paper's comparison)", "",
               "MixFlow with the paper's step rule (best ELBO over the grid), augmented-space ELBO "

@@ -1,6 +1,7 @@
 """Scaling benchmark (issue 9): speed and peak memory vs particle count and vs data size.
 
-    nice .venv/bin/python benchmarks/experiments/scale/scale.py [--quick] [--only particles,data,overhead,rff]
+    nice .venv/bin/python benchmarks/experiments/scale/scale.py
+        [--quick] [--only particles,data,overhead,rff]
 
 writes ``SCALE.md`` and the log-log plot ``scale.png`` next to this script.
 
@@ -51,7 +52,8 @@ if ROOT not in sys.path:   # run as a script (and its workers): import benchmark
     sys.path.insert(0, ROOT)
 D = 10
 STEP_SIZE = 0.05
-CAP_S = 60.0                 # a point that takes longer (or is predicted to) ends that engine's sweep
+CAP_S = 60.0                 # a point that takes longer (or is predicted to) ends that engine's
+                             # sweep
 HARD_TIMEOUT_S = 150.0
 RFF_TIMEOUT_S = 480.0        # the rff section is one process (the exact direction at n = 20,000)
 SUBSAMPLE = 1000
@@ -214,7 +216,8 @@ def _builder(engine: str, n: int, X, y, subsample):
         def fit(x0, key, steps_arr, X, y):   # data as arguments, as the engine passes them
             score_fn = bridge.score_fn((X, y), kw)
             state = svgd_core.init(x0, opt, key)
-            return jax.lax.scan(lambda s, _: svgd_core.step(s, score_fn, kernel, opt), state, steps_arr)
+            return jax.lax.scan(lambda s, _: svgd_core.step(s, score_fn, kernel, opt), state,
+                                steps_arr)
 
         def run(key, steps):
             x0 = jax.random.uniform(key, (n, d_flat), minval=-2.0, maxval=2.0)
@@ -268,7 +271,8 @@ def rff_worker(spec: dict) -> dict:
         exact, _ = svgd_direction(RBFKernel(block_size=None), x, score)
         for m in ((64, 1024) if quick else (64, 256, 1024, 4096, 16384)):
             errs = [float(jnp.linalg.norm(svgd_direction(RBFKernel(num_features=m, feature_seed=s),
-                                                         x, score)[0] - exact) / jnp.linalg.norm(exact))
+                                                         x, score)[0] - exact)
+                          / jnp.linalg.norm(exact))
                     for s in range(3)]
             out["err_vs_m"].append({"n": n, "d": d, "M": m, "rel_err": float(np.mean(errs)),
                                  "rel_err_sd": float(np.std(errs))})
@@ -314,7 +318,8 @@ def rff_worker(spec: dict) -> dict:
                 "cov_rel_err": float(jnp.linalg.norm(jnp.cov(x.T) - cov) / jnp.linalg.norm(cov))}
 
     out["run_setup"] = {"n": n, "d": d, "steps": steps}
-    out["runs"].append({"kernel": "exact", "features": "-", **run(RBFKernel(block_size=None), False)})
+    out["runs"].append({"kernel": "exact", "features": "-",
+                        **run(RBFKernel(block_size=None), False)})
     for m in ((128,) if quick else (128, 512, 2048)):
         for redraw in (False, True):
             out["runs"].append({"kernel": f"M={m}", "features": "redrawn" if redraw else "fixed",
@@ -387,9 +392,11 @@ def write_report(res: dict, cfg: dict, load: tuple, elapsed: float, quick: bool,
     except ImportError:
         bj = "not installed"
     L = ["# Scaling: steps/second and peak memory vs particles and data size (issue 9)", "",
-         f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by `benchmarks/experiments/scale/scale.py`"
+         f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
+         "`benchmarks/experiments/scale/scale.py`"
          f"{' --quick' if quick else ''} in {elapsed / 60:.1f} min on {platform.machine()} Linux, "
-         f"{os.cpu_count()} CPU cores shared with other jobs (load average {load[0]:.1f} at the start, "
+         f"{os.cpu_count()} CPU cores shared with other jobs "
+         f"(load average {load[0]:.1f} at the start, "
          f"{load[1]:.1f} at the end: **timings are noisy**, read ratios within a factor ~1.5), "
          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM; "
          f"JAX {jax.__version__} (CPU, float32), NumPyro {numpyro.__version__}, BlackJAX {bj}."
@@ -412,8 +419,9 @@ def write_report(res: dict, cfg: dict, load: tuple, elapsed: float, quick: bool,
         for eng in PARTICLE_ENGINES:
             by_n = {r["n"]: r for r in rows if r["engine"] == eng}
             L.append(f"| {eng} | " + " | ".join(_cell(by_n.get(n)) for n in ns) + " |")
-        L += ["", "Engines: `SVGD` = `gf.SVGD(model, num_particles=n, step_size=0.05)` (RBF, median "
-              "heuristic, AdaGrad, dense kernel sums up to 8192 particles, blocks of 512 above); "
+        L += ["", "Engines: `SVGD` = `gf.SVGD(model, num_particles=n, step_size=0.05)` "
+              "(RBF, median heuristic, AdaGrad, dense kernel sums up to 8192 particles, "
+              "blocks of 512 above); "
               "`CoinSVGD` = `gf.CoinSVGD(model, num_particles=n)`; `SVGD-RFF` = SVGD with "
               f"`RBFKernel(num_features={RFF_M})`; `SteinVI` = `numpyro.contrib.einstein.SteinVI` "
               "with `AutoDelta`, `RBFKernel()`, the same AdaGrad, as in `benchmarks/run.py`; "
@@ -431,13 +439,14 @@ def write_report(res: dict, cfg: dict, load: tuple, elapsed: float, quick: bool,
               "| --- | --- |" + " ---: |" * len(Ns)]
         for eng in DATA_ENGINES:
             for sub in _data_modes(eng):
-                by = {r["rows"]: r for r in rows if r["engine"] == eng and r.get("subsample") == sub}
+                by = {r["rows"]: r for r in rows
+                      if r["engine"] == eng and r.get("subsample") == sub}
                 L.append(f"| {eng} | {_data_label(eng, sub)} | "
                          + " | ".join(_cell(by.get(N)) for N in Ns) + " |")
-        L += ["", "Subsample: `numpyro.plate('data', N, subsample_size=1000)` in the model (NumPyro "
-              "rescales the likelihood by N / 1000); streamed: the model gets each 1000-row batch "
-              "from `gf.StreamedData` (host memory) and its plate of size N rescales; BlackJAX is "
-              "run on full data only.", ""]
+        L += ["", "Subsample: `numpyro.plate('data', N, subsample_size=1000)` in the model "
+              "(NumPyro rescales the likelihood by N / 1000); streamed: the model gets each "
+              "1000-row batch from `gf.StreamedData` (host memory) and its plate of size N "
+              "rescales; BlackJAX is run on full data only.", ""]
         for r in rows:
             if "error" in r or "skipped" in r:
                 L.append(f"* {r['engine']} N = {r['rows']} ({r.get('subsample') or 'full'}): "
@@ -445,19 +454,22 @@ def write_report(res: dict, cfg: dict, load: tuple, elapsed: float, quick: bool,
         L.append("")
     if "overhead" in res:
         L += ["## Engine overhead", "",
-              "`gf.SVGD(model, num_particles=n, step_size=0.05).run(key, steps, X, y)` (whole call: "
-              "initialisation, the compiled loop in ~10 chunks, the result object) against a "
-              "hand-written `jax.jit(lax.scan(svgd.step))` on `ModelBridge.score_fn` with the same "
-              "kernel and optimizer (same per-step info returned). Target: ratio <= 1.2. The engine's "
-              "per-call costs (initialisation, chunked dispatch, the result) do not shrink with "
-              "the number of steps, so a short run on large data shows them most.", "",
-              "| n | rows | steps | engine s/step | hand s/step | ratio |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "`gf.SVGD(model, num_particles=n, step_size=0.05).run(key, steps, X, y)` "
+              "(whole call: initialisation, the compiled loop in ~10 chunks, the result object) "
+              "against a hand-written `jax.jit(lax.scan(svgd.step))` on `ModelBridge.score_fn` "
+              "with the same kernel and optimizer (same per-step info returned). Target: "
+              "ratio <= 1.2. The engine's per-call costs (initialisation, chunked dispatch, the "
+              "result) do not shrink with the number of steps, so a short run on large data shows "
+              "them most.", "",
+              "| n | rows | steps | engine s/step | hand s/step | ratio |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
         for pair in res["overhead"]:
             e, h = pair
             if "error" in e or "error" in h:
                 L.append(f"| {e['n']} | {e['rows']} | {e['steps']} | failed | | |")
                 continue
-            L.append(f"| {e['n']} | {e['rows']} | {e['steps']} | {e['step_s']:.3g} | {h['step_s']:.3g} | "
+            L.append(f"| {e['n']} | {e['rows']} | {e['steps']} | {e['step_s']:.3g} | "
+                     f"{h['step_s']:.3g} | "
                      f"{e['step_s'] / h['step_s']:.2f} |")
         L.append("")
     if "rff" in res and "error" not in res["rff"]:
@@ -465,21 +477,26 @@ def write_report(res: dict, cfg: dict, load: tuple, elapsed: float, quick: bool,
         L += ["## Random Fourier features (`RBFKernel(num_features=M)`)", "",
               "Relative error of the SVGD direction, `|phi_M - phi| / |phi|` (mean over 3 feature "
               "seeds), particles N(0.5, 1.5^2) against the target N(0.3, 1), median bandwidth:", "",
-              "| n | d | M | rel. error | sd | error x sqrt(M) |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| n | d | M | rel. error | sd | error x sqrt(M) |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
         for e in r["err_vs_m"]:
-            L.append(f"| {e['n']} | {e['d']} | {e['M']} | {e['rel_err']:.3f} | {e['rel_err_sd']:.3f} | "
+            L.append(f"| {e['n']} | {e['d']} | {e['M']} | {e['rel_err']:.3f} | "
+                     f"{e['rel_err_sd']:.3f} | "
                      f"{e['rel_err'] * e['M'] ** 0.5:.1f} |")
         L += ["", "Time of one direction (jit, bandwidth included), d = 50:", "",
               "| n | kernel | direction s |", "| ---: | --- | ---: |"]
         for t in r["timing"]:
             L.append(f"| {t['n']} | {t['kernel']} | {t['direction_s']:.4f} |")
         s = r["run_setup"]
-        L += ["", f"Effect on a run: correlated Gaussian target, d = {s['d']}, n = {s['n']} particles, "
-              f"{s['steps']} AdaGrad steps (eps = 0.05); max |mean error| / sd, median |sd ratio - 1|, "
+        L += ["", f"Effect on a run: correlated Gaussian target, d = {s['d']}, "
+              f"n = {s['n']} particles, {s['steps']} AdaGrad steps (eps = 0.05); "
+              "max |mean error| / sd, median |sd ratio - 1|, "
               "relative Frobenius error of the covariance:", "",
-              "| kernel | features | mean err (sd) | sd err | cov rel. err |", "| --- | --- | ---: | ---: | ---: |"]
+              "| kernel | features | mean err (sd) | sd err | cov rel. err |",
+              "| --- | --- | ---: | ---: | ---: |"]
         for u in r["runs"]:
-            L.append(f"| {u['kernel']} | {u['features']} | {u['mean_err_sd']:.3f} | {u['sd_err']:.3f} | "
+            L.append(f"| {u['kernel']} | {u['features']} | {u['mean_err_sd']:.3f} | "
+                     f"{u['sd_err']:.3f} | "
                      f"{u['cov_rel_err']:.3f} |")
         L.append("")
     L += ["Raw results (JSON lines):", "", "```"]
@@ -529,7 +546,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smoke run: few, small points")
     ap.add_argument("--only", default="particles,data,overhead,rff")
-    ap.add_argument("--merge", help="JSON of an earlier run (--save): sections not rerun come from it")
+    ap.add_argument("--merge",
+                    help="JSON of an earlier run (--save): sections not rerun come from it")
     ap.add_argument("--save", help="write this run's results (merged) as JSON here")
     a = ap.parse_args()
     cfg = QUICK if a.quick else FULL
@@ -546,7 +564,8 @@ def main():
         PARTICLE_ENGINES = tuple(e for e in PARTICLE_ENGINES if e != "BlackJAX")
         DATA_ENGINES = tuple(e for e in DATA_ENGINES if e != "BlackJAX")
     if "particles" in parts:
-        res["particles"] = [r for eng in PARTICLE_ENGINES for r in sweep(eng, cfg["particles"], 1000)]
+        res["particles"] = [r for eng in PARTICLE_ENGINES
+                            for r in sweep(eng, cfg["particles"], 1000)]
     if "data" in parts:
         res["data"] = []
         for eng in DATA_ENGINES:

@@ -12,8 +12,10 @@ heuristic (recomputed from the particles), the default AdaGrad optimizer, and th
 IMQ kernel Stein discrepancy diagnostic. The target is a standard normal in d = 50
 (``score = -x``), so the model costs nothing and the kernel work is all that is measured.
 
-    nice .venv/bin/python benchmarks/experiments/scale_memory/scale_memory.py        # writes SCALE_MEMORY.md
-    nice .venv/bin/python benchmarks/experiments/scale_memory/scale_memory.py ksdd   # writes SCALE_MEMORY_KSDD.md
+    # writes SCALE_MEMORY.md
+    nice .venv/bin/python benchmarks/experiments/scale_memory/scale_memory.py
+    # writes SCALE_MEMORY_KSDD.md
+    nice .venv/bin/python benchmarks/experiments/scale_memory/scale_memory.py ksdd
 
 (both next to this script).
 ``ksdd``: one `numpyro_gflow.core.ksdd.step` instead (KSD descent: the gradient of the squared KSD,
@@ -102,7 +104,8 @@ def _spawn(n: int, mode: str, run: bool, engine: str = "svgd") -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(n), mode,
            "run" if run else "compile", engine]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
     if proc.returncode != 0:
         return {"n": n, "d": D, "mode": mode, "error": proc.stderr.strip().splitlines()[-1:]}
     res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -125,7 +128,8 @@ def _table_rows(rows, last: str, spec: str) -> list[str]:
         if "step_s" not in r:
             path += ", compiled only"
         out.append(
-            f"| {r['n']} | {r['d']} | {path} | {_fmt(r.get('step_s'), '.2f')} | {r['compile_s']:.2f} | "
+            f"| {r['n']} | {r['d']} | {path} | {_fmt(r.get('step_s'), '.2f')} | "
+            f"{r['compile_s']:.2f} | "
             f"{_fmt(r.get('peak_rss_mib'), '.0f')} | {_fmt(r.get('rss_before_mib'), '.0f')} | "
             f"{_fmt(r['xla_temp_mib'], '.1f')} | {_fmt(r.get(last), spec)} |")
     return out
@@ -138,23 +142,26 @@ def _reading(rows) -> list[str]:
     for mode in ("blocked", "dense"):
         pts = sorted((r["n"], r["xla_temp_mib"]) for r in ok if r["mode"] == mode)
         if len(pts) > 1:
-            steps = ", ".join(f"x{b[1] / a[1]:.1f} for n x{b[0] / a[0]:.0f}" for a, b in zip(pts, pts[1:]))
+            steps = ", ".join(f"x{b[1] / a[1]:.1f} for n x{b[0] / a[0]:.0f}"
+                              for a, b in zip(pts, pts[1:]))
             out.append(f"* {mode}: XLA temporaries grow {steps}.")
     for n in sorted({r["n"] for r in ok}):
         pair = {r["mode"]: r for r in ok if r["n"] == n and "bandwidth" in r}
         if "blocked" in pair and "dense" in pair:
             b, d = pair["blocked"], pair["dense"]
-            out.append(f"* n = {n}: bandwidth blocked {b['bandwidth']!r} vs dense {d['bandwidth']!r}; "
-                       f"mean |phi|^2 blocked {b['stein_sq_norm']:.7g} vs dense {d['stein_sq_norm']:.7g}.")
+            out.append(f"* n = {n}: bandwidth blocked {b['bandwidth']!r} vs dense "
+                       f"{d['bandwidth']!r}; mean |phi|^2 blocked {b['stein_sq_norm']:.7g} vs "
+                       f"dense {d['stein_sq_norm']:.7g}.")
     big = [r for r in ok if r["mode"] == "blocked" and "step_s" in r]
     if big:
         r = max(big, key=lambda r: r["n"])
-        out.append(f"* n = {r['n']}, d = {r['d']} blocked: step completed in {r['step_s']:.1f} s with "
-                   f"peak RSS {r['peak_rss_mib']:.0f} MiB (finite particles: {r['finite']}).")
-        fixed = [f for f in ok if f["mode"] == "blocked-fixed-h" and f["n"] == r["n"] and "step_s" in f]
+        out.append(f"* n = {r['n']}, d = {r['d']} blocked: step completed in {r['step_s']:.1f} s "
+                   f"with peak RSS {r['peak_rss_mib']:.0f} MiB (finite particles: {r['finite']}).")
+        fixed = [f for f in ok
+                 if f["mode"] == "blocked-fixed-h" and f["n"] == r["n"] and "step_s" in f]
         if fixed:
-            out.append(f"  With a fixed bandwidth the same step takes {fixed[0]['step_s']:.1f} s: the "
-                       f"rest is the exact median (33 counting passes over the n^2 distances, "
+            out.append(f"  With a fixed bandwidth the same step takes {fixed[0]['step_s']:.1f} s: "
+                       f"the rest is the exact median (33 counting passes over the n^2 distances, "
                        f"recomputed per pass to keep memory linear).")
     return out
 
@@ -175,27 +182,33 @@ def main(engine: str = "svgd"):
     lines = [
         "# One SVGD step vs particle count: peak memory and time (issue 9)",
         "",
-        f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by `benchmarks/experiments/scale_memory/scale_memory.py` on "
-        f"{platform.machine()} Linux, {os.cpu_count()} CPU cores (shared with other jobs: times are "
-        f"indicative), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
+        f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
+        "`benchmarks/experiments/scale_memory/scale_memory.py` on "
+        f"{platform.machine()} Linux, {os.cpu_count()} CPU cores (shared with other jobs: "
+        f"times are indicative), "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
         f"JAX {jax.__version__} on CPU, float32.",
         "",
-        f"One `numpyro_gflow.core.svgd.step` (RBF kernel, median-heuristic bandwidth recomputed from the "
-        f"particles, AdaGrad, per-step IMQ KSD diagnostic) on a standard normal target in d = {D}, "
-        f"each configuration in a fresh process. *blocked*: `RBFKernel(block_size={BLOCK_SIZE})`; "
+        f"One `numpyro_gflow.core.svgd.step` (RBF kernel, median-heuristic bandwidth recomputed "
+        f"from the particles, AdaGrad, per-step IMQ KSD diagnostic) on a standard normal target "
+        f"in d = {D}, each configuration in a fresh process. "
+        f"*blocked*: `RBFKernel(block_size={BLOCK_SIZE})`; "
         f"*dense*: `block_size=None` (n x n matrices); *blocked-fixed-h*: blocked with a fixed "
-        f"bandwidth h = 40 instead of the median (what the step costs without the median). Peak RSS is the process's maximum resident "
+        f"bandwidth h = 40 instead of the median (what the step costs without the median). "
+        f"Peak RSS is the process's maximum resident "
         f"set (`ru_maxrss`), imports and compilation included; *RSS before* is the resident set "
         f"just before the step (JAX, the compiled step and the particles); *XLA temp* is the "
         f"compiler's estimate of the step's temporary buffers (`memory_analysis()`). Step time "
         f"is the first run of the compiled step (compilation excluded).",
         "",
-        "| n | d | path | step (s) | compile (s) | peak RSS (MiB) | RSS before step (MiB) | XLA temp (MiB) | bandwidth h |",
+        "| n | d | path | step (s) | compile (s) | peak RSS (MiB) | RSS before step (MiB) "
+        "| XLA temp (MiB) | bandwidth h |",
         "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += _table_rows(rows, "bandwidth", ".6g")
     lines += ["", *_reading(rows)]
-    lines += ["", "Raw results (JSON lines):", "", "```"] + [json.dumps(r) for r in rows] + ["```", ""]
+    lines += (["", "Raw results (JSON lines):", "", "```"] + [json.dumps(r) for r in rows]
+              + ["```", ""])
     with open(os.path.join(HERE, "SCALE_MEMORY.md"), "w") as f:
         f.write("\n".join(lines))
 
@@ -212,9 +225,10 @@ def main_ksdd():
     lines = [
         "# One KSD-descent step vs particle count: peak memory and time (issue 9)",
         "",
-        f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by `benchmarks/experiments/scale_memory/scale_memory.py ksdd` on "
-        f"{platform.machine()} Linux, {os.cpu_count()} CPU cores (shared with other jobs: times are "
-        f"indicative), JAX {jax.__version__} on CPU, float32.",
+        f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
+        "`benchmarks/experiments/scale_memory/scale_memory.py ksdd` on "
+        f"{platform.machine()} Linux, {os.cpu_count()} CPU cores (shared with other jobs: "
+        f"times are indicative), JAX {jax.__version__} on CPU, float32.",
         "",
         f"One `numpyro_gflow.core.ksdd.step` (the gradient of the squared KSD of the particles, "
         f"differentiated through the score; IMQ kernel with unit scale, AdaGrad) on a standard "
@@ -223,11 +237,13 @@ def main_ksdd():
         f"`lax.map`, each rematerialised in the backward pass by `jax.checkpoint`); *dense*: "
         f"`block_size=None`. Columns as in SCALE_MEMORY.md; *KSD^2* is the step's objective.",
         "",
-        "| n | d | path | step (s) | compile (s) | peak RSS (MiB) | RSS before step (MiB) | XLA temp (MiB) | KSD^2 |",
+        "| n | d | path | step (s) | compile (s) | peak RSS (MiB) | RSS before step (MiB) "
+        "| XLA temp (MiB) | KSD^2 |",
         "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += _table_rows(rows, "stein_sq_norm", ".7g")
-    lines += ["", "Raw results (JSON lines):", "", "```"] + [json.dumps(r) for r in rows] + ["```", ""]
+    lines += (["", "Raw results (JSON lines):", "", "```"] + [json.dumps(r) for r in rows]
+              + ["```", ""])
     with open(os.path.join(HERE, "SCALE_MEMORY_KSDD.md"), "w") as f:
         f.write("\n".join(lines))
 

@@ -143,7 +143,8 @@ def ms_per_step(engine, X, y, num_steps: int = 200) -> float:
         pass
     t0 = time.perf_counter()
     try:
-        jax.block_until_ready(engine.run(jax.random.key(0), num_steps, X, y, progress_bar=False).state.particles)
+        jax.block_until_ready(engine.run(jax.random.key(0), num_steps, X, y,
+                                         progress_bar=False).state.particles)
     except FloatingPointError:
         pass
     return 1e3 * (time.perf_counter() - t0) / num_steps
@@ -162,15 +163,19 @@ def methods(dim: int):
     """name -> (engine factory taking a step size, step grid, max steps, grad-equivalents/step)."""
     n = NUM_PARTICLES
     return {
-        "SVGD (plain steps)": (lambda eps: gf.SVGD(model, num_particles=n, optimizer=optax.sgd(eps)),
-                               (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07), 1500, n),
-        "SVGD (AdaGrad, library default)": (lambda eps: gf.SVGD(model, num_particles=n, step_size=eps),
-                                            (0.003, 0.01, 0.02, 0.03, 0.1), 1500, n),
-        "SVNG (Fisher metric, plain steps)": (lambda eps: gf.SVNG(model, num_particles=n, step_size=eps),
-                                              (0.25, 0.5, 1.0, 2.0, 4.0), 400, n * (1 + dim)),
-        "SVNG (Fisher metric, IMQ kernel)": (lambda eps: gf.SVNG(model, num_particles=n, step_size=eps,
-                                                                 kernel=IMQKernel(bandwidth="median")),
-                                             (1.0, 2.0), 400, n * (1 + dim)),
+        "SVGD (plain steps)": (
+            lambda eps: gf.SVGD(model, num_particles=n, optimizer=optax.sgd(eps)),
+            (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07), 1500, n),
+        "SVGD (AdaGrad, library default)": (
+            lambda eps: gf.SVGD(model, num_particles=n, step_size=eps),
+            (0.003, 0.01, 0.02, 0.03, 0.1), 1500, n),
+        "SVNG (Fisher metric, plain steps)": (
+            lambda eps: gf.SVNG(model, num_particles=n, step_size=eps),
+            (0.25, 0.5, 1.0, 2.0, 4.0), 400, n * (1 + dim)),
+        "SVNG (Fisher metric, IMQ kernel)": (
+            lambda eps: gf.SVNG(model, num_particles=n, step_size=eps,
+                                kernel=IMQKernel(bandwidth="median")),
+            (1.0, 2.0), 400, n * (1 + dim)),
     }
 
 
@@ -203,9 +208,10 @@ def main(argv=None):
             final_ed = float(np.median([d[-1] for _, _, d in per_seed]))
             sec = ms_per_step(eng, X, y) / 1e3
             med = lambda v: None if any(x is None for x in v) else float(np.median(v))  # noqa: E731
-            row = dict(method=name, eps=eps, max_steps=max_steps, to_mean=med(to_mean), to_ed=med(to_ed),
-                       to_mean_all=to_mean, to_ed_all=to_ed, final_err=final_err, final_ed=final_ed,
-                       ms_per_step=1e3 * sec, grads_per_step=grads_per_step)
+            row = dict(method=name, eps=eps, max_steps=max_steps, to_mean=med(to_mean),
+                       to_ed=med(to_ed), to_mean_all=to_mean, to_ed_all=to_ed,
+                       final_err=final_err, final_ed=final_ed, ms_per_step=1e3 * sec,
+                       grads_per_step=grads_per_step)
             rows.append(row)
             print(f"{name:36s} eps={eps:<5} steps to mean err<={MEAN_TARGET}: {to_mean}  "
                   f"to ED<={ed_target:.4f}: {to_ed}  final err {final_err:.3f} ED {final_ed:.4f}  "
@@ -250,8 +256,8 @@ def table(rows, best, cond, cond_h, ed_base, ed_target, seeds):
     lines = [
         "# SVNG vs SVGD on an ill-conditioned Bayesian logistic regression",
         "",
-        "Written by `python -m benchmarks.experiments.svng_conditioning.svng_conditioning` (see its "
-        "docstring for the set-up).",
+        "Written by `python -m benchmarks.experiments.svng_conditioning.svng_conditioning` "
+        "(see its docstring for the set-up).",
         "",
         f"Logistic regression, N = {N_DATA}, D = {DIM}, AR(1)-correlated features (rho = {RHO}), "
         f"w ~ N(0, 1)^D. Posterior covariance condition number **{cond:.0f}** (long NUTS run; "
@@ -265,21 +271,24 @@ def table(rows, best, cond, cond_h, ed_base, ed_target, seeds):
         "",
         "## Best step size per method",
         "",
-        "| method | best step | steps to mean target | gradient-equivalents | ms / step | steps to ED target | final mean err | final ED |",
+        "| method | best step | steps to mean target | gradient-equivalents | ms / step "
+        "| steps to ED target | final mean err | final ED |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, (_, r) in best.items():
         ge = None if r["to_mean"] is None else r["to_mean"] * r["grads_per_step"]
-        lines.append(f"| {name} | {r['eps']} | {_fmt(r['to_mean'])} | {_fmt(ge)} | {r['ms_per_step']:.2f} | "
-                     f"{_fmt(r['to_ed'])} | {r['final_err']:.3f} (at {r['max_steps']}) | {r['final_ed']:.4f} |")
+        lines.append(f"| {name} | {r['eps']} | {_fmt(r['to_mean'])} | {_fmt(ge)} | "
+                     f"{r['ms_per_step']:.2f} | {_fmt(r['to_ed'])} | "
+                     f"{r['final_err']:.3f} (at {r['max_steps']}) | {r['final_ed']:.4f} |")
     lines += ["", "## All step sizes", "",
-              "| method | step | steps to mean target (per seed) | steps to ED target (per seed) | final mean err | final ED | ms / step |",
+              "| method | step | steps to mean target (per seed) | steps to ED target (per seed) "
+              "| final mean err | final ED | ms / step |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['eps']} | {r['to_mean_all']} | {r['to_ed_all']} | "
                      f"{r['final_err']:.3f} | {r['final_ed']:.4f} | {r['ms_per_step']:.2f} |")
-    lines += ["", "Gradient-equivalents: SVGD n per step; SVNG n (1 + D) per step (n gradients, n Hessians "
-              "counted as D gradients each)."]
+    lines += ["", "Gradient-equivalents: SVGD n per step; SVNG n (1 + D) per step "
+              "(n gradients, n Hessians counted as D gradients each)."]
     lines += NOTES.rstrip().splitlines()
     return lines
 
