@@ -221,7 +221,7 @@ GFLOW_ENGINES: dict[str, Engine] = {
         gf.optim.svgd_adagrad(cfg.svgd_step_size), f"svgd_adagrad({cfg.svgd_step_size})")},
         grads_per_particle_step=2),  # the score and one Hessian-vector product per particle
     # the two variance updates of the mixture, and the extension that meets the logistic
-    # regression's 0.1-sd criterion (tests/test_isomix_realdata.py), all at N = 10
+    # regression's 0.1-sd criterion (tests/engines/test_isomix_realdata.py), all at N = 10
     "IsoMix-IBW": GflowEngine("IsoMix-IBW", gf.IsoGaussianMixtureVI,
                               lambda cfg: {"variance_update": "ibw"}, grad_evals=_isomix_grads),
     "IsoMix-MD": GflowEngine("IsoMix-MD", gf.IsoGaussianMixtureVI,

@@ -36,8 +36,8 @@ class SVNG(ParticleEngine):
     ``metric="hessian"``, a d x d Cholesky, an n x n eigen-decomposition, O(n^2 d J).
 
     With a constant metric and every eigenpair kept (``eigen_threshold=1``) the direction is
-    exactly ``G^{-1}`` times the SVGD direction (tests/test_svng.py checks this), so SVNG has
-    SVGD's fixed points and only the speed changes: the step is no longer limited by the
+    exactly ``G^{-1}`` times the SVGD direction (tests/engines/test_svng.py checks this), so SVNG
+    has SVGD's fixed points and only the speed changes: the step is no longer limited by the
     posterior's largest curvature. ``benchmarks/experiments/svng_conditioning`` measures it on a
     logistic regression with posterior condition number ~166: at each method's best step size
     from a small grid, SVNG (step 4) brings the particle mean within 0.2 posterior sd in a

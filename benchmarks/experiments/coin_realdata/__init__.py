@@ -1,2 +1,2 @@
 """Coin SVGD vs tuned SVGD on real data: `COIN_REALDATA.md` only. Its numbers come from
-``tests/test_coin_realdata.py`` (the test is the script; see the note's "Reproducing")."""
+``tests/engines/test_coin_realdata.py`` (the test is the script; see the note's "Reproducing")."""

@@ -17,7 +17,7 @@ Runs, each timed (wall, compilation included, then a second timed call where che
 * **FB-GVI stochastic, on-device subsample**: the same with ``numpyro.plate(...,
   subsample_size=BATCH)`` in the model and the data on the device.
 * **10^4-row subset check**: NUTS on the first 10^4 rows against streamed FB-GVI on them
-  (batches of 500, 2000 steps), as in tests/test_streaming.py.
+  (batches of 500, 2000 steps), as in tests/engines/test_streaming.py.
 
 Accuracy: ``|mean - NUTS mean| / NUTS sd`` (max over the 11 parameters) and sd ratios.
 """

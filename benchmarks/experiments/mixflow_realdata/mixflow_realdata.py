@@ -9,7 +9,7 @@ of NumPyro's AutoIAFNormal or AutoBNAFNormal fitted for equal wall time."
 
 Data: diabetes (``numpyro_gflow.datasets.load_diabetes()``, 442 x 10), X and y standardised; model
 w ~ N(0, 1)^10, b ~ N(0, 1), sigma ~ HalfNormal(1), y ~ N(X w + b, sigma) (d = 12), as in
-tests/test_mixflow.py. Reference: NUTS, 2 chains x (1000 + 3000).
+tests/engines/test_mixflow.py. Reference: NUTS, 2 chains x (1000 + 3000).
 
 MixFlow references: ``"meanfield"`` (the paper's) and ``"fullrank"`` (Laplace approximation,
 refined by full-rank Gaussian VI in its whitened coordinates; the leapfrog runs there too).

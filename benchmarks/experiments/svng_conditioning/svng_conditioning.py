@@ -238,8 +238,9 @@ NOTES = """
   AdaGrad above 0.01 stall or diverge (the narrow direction oscillates).
 * Diagnosis of the earlier "SVNG spreads out" finding: the SVNG direction was checked against
   the paper's formula. With a constant metric G and every eigenpair of the Nystrom square root
-  kept, it equals G^{-1} times the SVGD direction to float precision (tests/test_svng.py), so
-  sign, transposition and the divergence term are right; no bug was found in mirror.py. On this
+  kept, it equals G^{-1} times the SVGD direction to float precision
+  (tests/engines/test_svng.py), so sign, transposition and the divergence term are right; no
+  bug was found in mirror.py. On this
   problem SVNG from `init_to_uniform` contracts to the posterior with either the exact
   posterior precision or the running Fisher metric. The base kernel is Euclidean with the
   median bandwidth, as in the authors' logistic-regression code (not measured in the metric).
