@@ -236,8 +236,10 @@ fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsi
 fig.tight_layout()
 
 try:
-    plot_path = Path(__file__).resolve().parent / "coin_vs_svgd.png"
+    plot_dir = Path(__file__).resolve().parent
 except NameError:  # in a notebook
-    plot_path = Path.cwd() / "coin_vs_svgd.png"
+    plot_dir = Path.cwd()
+# GFLOW_FIGURES_DIR: where to write the figure instead (the tests use a temporary folder)
+plot_path = Path(os.environ.get("GFLOW_FIGURES_DIR") or plot_dir) / "coin_vs_svgd.png"
 fig.savefig(plot_path, dpi=110, bbox_inches="tight")
 print(f"saved {plot_path}")

@@ -278,8 +278,10 @@ fig.suptitle("Breast cancer logistic regression: FB-GVI vs AutoMultivariateNorma
 fig.tight_layout()
 
 try:
-    plot_path = Path(__file__).resolve().parent / "fbgvi_logistic.png"
+    plot_dir = Path(__file__).resolve().parent
 except NameError:  # in a notebook
-    plot_path = Path.cwd() / "fbgvi_logistic.png"
+    plot_dir = Path.cwd()
+# GFLOW_FIGURES_DIR: where to write the figure instead (the tests use a temporary folder)
+plot_path = Path(os.environ.get("GFLOW_FIGURES_DIR") or plot_dir) / "fbgvi_logistic.png"
 fig.savefig(plot_path, dpi=110)
 print(f"saved {plot_path}")

@@ -261,8 +261,10 @@ for i in shown:
         pc.get_target("p", {"p_dim_0": i}).set_xlim(-0.002, float(np.quantile(exact[:, i], 0.99)))
 
 try:
-    plot_path = Path(__file__).resolve().parent / "mirrored_dirichlet.png"
+    plot_dir = Path(__file__).resolve().parent
 except NameError:  # in a notebook
-    plot_path = Path.cwd() / "mirrored_dirichlet.png"
+    plot_dir = Path.cwd()
+# GFLOW_FIGURES_DIR: where to write the figure instead (the tests use a temporary folder)
+plot_path = Path(os.environ.get("GFLOW_FIGURES_DIR") or plot_dir) / "mirrored_dirichlet.png"
 pc.savefig(plot_path, dpi=110)
 print(f"saved {plot_path}")

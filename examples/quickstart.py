@@ -196,8 +196,10 @@ ax_par.legend()
 fig.tight_layout()
 
 try:
-    plot_path = Path(__file__).resolve().parent / "quickstart.png"
+    plot_dir = Path(__file__).resolve().parent
 except NameError:  # in a notebook
-    plot_path = Path.cwd() / "quickstart.png"
+    plot_dir = Path.cwd()
+# GFLOW_FIGURES_DIR: where to write the figure instead (the tests use a temporary folder)
+plot_path = Path(os.environ.get("GFLOW_FIGURES_DIR") or plot_dir) / "quickstart.png"
 fig.savefig(plot_path, dpi=120)
 print(f"saved {plot_path}")

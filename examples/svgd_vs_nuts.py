@@ -162,8 +162,10 @@ pc = az.plot_dist(
 pc.add_legend("model")
 
 try:
-    plot_path = Path(__file__).resolve().parent / "svgd_vs_nuts.png"
+    plot_dir = Path(__file__).resolve().parent
 except NameError:  # in a notebook
-    plot_path = Path.cwd() / "svgd_vs_nuts.png"
+    plot_dir = Path.cwd()
+# GFLOW_FIGURES_DIR: where to write the figure instead (the tests use a temporary folder)
+plot_path = Path(os.environ.get("GFLOW_FIGURES_DIR") or plot_dir) / "svgd_vs_nuts.png"
 pc.savefig(plot_path, dpi=120)
 print(f"saved {plot_path}")

@@ -20,8 +20,13 @@ def test_there_are_examples():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(path, tmp_path):
-    env = dict(os.environ, MPLBACKEND="Agg", GFLOW_EXAMPLE_SMOKE="1")
+    # figures go to the temporary folder, never into examples/ (GFLOW_FIGURES_DIR)
+    env = dict(os.environ, MPLBACKEND="Agg", GFLOW_EXAMPLE_SMOKE="1",
+               GFLOW_FIGURES_DIR=str(tmp_path))
+    before = {p: p.stat().st_mtime_ns for p in path.parent.glob("*.png")}
     proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip()
+    assert list(tmp_path.glob("*.png")), "the example wrote no figure"
+    assert {p: p.stat().st_mtime_ns for p in path.parent.glob("*.png")} == before
