@@ -57,7 +57,8 @@ def linreg_nuts(linreg_data):
 
 
 class MinibatchNormalMean:
-    """mu ~ N(0, 10^2), x_i ~ N(mu, 2^2), i < 500, fitted with mini-batches of 50: known posterior."""
+    """mu ~ N(0, 10^2), x_i ~ N(mu, 2^2), i < 500, fitted with mini-batches of 50: known
+    posterior."""
 
     N, subsample_size = 500, 50
 

@@ -71,8 +71,8 @@ def diabetes_regression(X, y=None):
 
 def diabetes_log_evidence(X, y) -> float:
     """Exact log p(y) of `diabetes_regression` (float64): given sigma, (w, b) integrate out in
-    closed form (y ~ N(0, sigma^2 I + X X^T + 1 1^T)); sigma by the trapezoid rule on a grid that holds
-    its posterior (the integrand falls by > 10 nats at both ends on the shipped data)."""
+    closed form (y ~ N(0, sigma^2 I + X X^T + 1 1^T)); sigma by the trapezoid rule on a grid that
+    holds its posterior (the integrand falls by > 10 nats at both ends on the shipped data)."""
     from scipy import stats
 
     X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
@@ -89,7 +89,8 @@ def diabetes_log_evidence(X, y) -> float:
     top = values.max()
     assert values[0] < top - 10 and values[-1] < top - 10, "sigma grid misses posterior mass"
     density = np.exp(values - top)
-    trapezoid = np.sum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))  # numpy < 2 has no np.trapezoid
+    # numpy < 2 has no np.trapezoid
+    trapezoid = np.sum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))
     return float(top + np.log(trapezoid))
 
 
@@ -169,7 +170,8 @@ def kl_path(method: str, variant: str, eta: float, n_steps: int, target, seeds=(
         step = lambda s: bw_sgd_step(s, score_fn, hvp_fn, "exact", stochastic)  # noqa: E731
 
     def one(key):
-        s0 = fbgvi.init(jnp.zeros(DIM, dtype), jnp.eye(DIM, dtype=dtype) / BETA, eta, alpha, draws, key)
+        s0 = fbgvi.init(jnp.zeros(DIM, dtype), jnp.eye(DIM, dtype=dtype) / BETA, eta, alpha, draws,
+                        key)
 
         def body(s, _):
             s = step(s)
@@ -239,7 +241,8 @@ def notebook_potential(theta, X, y):
 
 
 def notebook_runner(X, y):
-    """``run(method, eta, iters, seed) -> F`` at NOTEBOOK_CHECKPOINTS times (jit-able), and ``objective``."""
+    """``run(method, eta, iters, seed) -> F`` at NOTEBOOK_CHECKPOINTS times (jit-able), and
+    ``objective``."""
     V = lambda th: notebook_potential(th, X, y)  # noqa: E731
     grad_v = jax.grad(V)
 

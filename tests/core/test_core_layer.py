@@ -38,7 +38,8 @@ def test_core_module_imports_no_numpyro(path):
         root = name.split(".")[0]
         assert root != "numpyro", f"{path.name} imports {name}"
         if root == "numpyro_gflow":
-            assert name.startswith(ALLOWED_OWN), f"{path.name} imports {name} (outside the core layer)"
+            assert name.startswith(ALLOWED_OWN), (
+                f"{path.name} imports {name} (outside the core layer)")
 
 
 def test_the_import_check_sees_a_numpyro_import(tmp_path):
@@ -72,8 +73,8 @@ def _particles(n=200, seed=0):
 def test_svgd_core_on_a_plain_score():
     # 200 particles: the mean's Monte Carlo error is ~0.07 sd; a broken direction misses by far
     opt = optim.svgd_adagrad(0.1)
-    state = _scan(lambda s: svgd.step(s, score_fn, RBFKernel(), opt), svgd.init(_particles(), opt,
-                                                                              jax.random.key(1)), 1500)
+    state = _scan(lambda s: svgd.step(s, score_fn, RBFKernel(), opt),
+                  svgd.init(_particles(), opt, jax.random.key(1)), 1500)
     np.testing.assert_allclose(state.particles.mean(0), MEAN, atol=0.2 * SD.max())
     np.testing.assert_allclose(state.particles.std(0) / SD, 1.0, atol=0.3)
 

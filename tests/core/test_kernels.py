@@ -34,7 +34,8 @@ def _phi_by_autodiff(k, x, score):
     return jax.vmap(phi_i)(x)
 
 
-@pytest.mark.parametrize("kernel", [RBFKernel(), RBFKernel(0.7), IMQKernel(), IMQKernel(0.5, -0.3, 2.0)])
+@pytest.mark.parametrize("kernel", [RBFKernel(), RBFKernel(0.7), IMQKernel(),
+                                    IMQKernel(0.5, -0.3, 2.0)])
 def test_svgd_direction_matches_definition(kernel):
     x = jax.random.normal(jax.random.key(0), (12, 4))
     score = -x  # standard normal target
@@ -70,7 +71,8 @@ def test_blocked_direction_equals_dense(kernel, n, d, block_size):
     # n not a multiple of the block size: the last block is padded and its rows dropped
     x, score = _random_particles(n, d, seed=n)
     # both compiled, as in the engines (eager and jit distances differ in the last bit: fusion)
-    phi_dense, h_dense = jax.jit(lambda x, s: svgd_direction(kernel, x, s, block_size=None))(x, score)
+    phi_dense, h_dense = jax.jit(
+        lambda x, s: svgd_direction(kernel, x, s, block_size=None))(x, score)
     blocked = jax.jit(lambda x, s: svgd_direction(kernel, x, s, block_size=block_size))
     phi_block, h_block = blocked(x, score)
     # the median bandwidth is an exact order statistic of the same distances: identical
@@ -118,7 +120,7 @@ def test_kernel_block_size_reaches_svgd_step():
     np.testing.assert_allclose(phi_k, phi_d, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(phi_d))))
 
 
-# ------------------------------------------------------------------ random Fourier features (issue 9)
+# ---------------------------------------------------------- random Fourier features (issue 9)
 @pytest.mark.parametrize("bw", ["median", 4.0])
 def test_random_feature_direction_error_scales_as_inverse_sqrt_m(bw):
     # relative error against the exact direction ~ C / sqrt(M); C ~ 5.5 measured here (n = 200,
@@ -133,7 +135,8 @@ def test_random_feature_direction_error_scales_as_inverse_sqrt_m(bw):
         errs = []
         for seed in range(3):
             phi, h_rff = svgd_direction(RBFKernel(bw, num_features=m, feature_seed=seed), x, score)
-            assert float(h_rff) == pytest.approx(float(h), rel=1e-6)   # n <= RFF_MEDIAN_SAMPLE: exact
+            # n <= RFF_MEDIAN_SAMPLE: exact
+            assert float(h_rff) == pytest.approx(float(h), rel=1e-6)
             errs.append(float(jnp.linalg.norm(phi - exact) / jnp.linalg.norm(exact)))
         assert max(errs) <= 8.0 / np.sqrt(m), (m, errs)
         mean_err[m] = np.mean(errs)
@@ -148,8 +151,8 @@ def test_random_features_fixed_by_seed_or_redrawn_by_key():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     c, _ = svgd_direction(k, x, score, rng_key=jax.random.key(11))
     assert float(jnp.max(jnp.abs(a - c))) > 1e-3
-    assert float(jnp.max(jnp.abs(svgd_direction(RBFKernel(num_features=128, feature_seed=1), x, score)[0]
-                                 - a))) > 1e-3
+    assert float(jnp.max(jnp.abs(
+        svgd_direction(RBFKernel(num_features=128, feature_seed=1), x, score)[0] - a))) > 1e-3
     # the features estimate the Gram matrix: phi(x) . phi(y) -> exp(-|x - y|^2 / h)
     from numpyro_gflow.core.kernels import random_features
     feat, w, _ = random_features(RBFKernel(num_features=20000), x[:20], 3.0)

@@ -1,7 +1,8 @@
 """Writes diabetes_nuts_moments.npz: the posterior means and sds of the diabetes regression
 (tests/support.py's diabetes_regression, the model of
 benchmarks/experiments/mixflow_realdata/mixflow_realdata.py, on
-numpyro_gflow.datasets.load_diabetes(): X and y standardised) from NUTS, 4 chains x (2000 warm-up + 10,000 draws), seed 123.
+numpyro_gflow.datasets.load_diabetes(): X and y standardised) from NUTS, 4 chains x
+(2000 warm-up + 10,000 draws), seed 123.
 
     .venv/bin/python tests/data/make_diabetes_nuts.py
 

@@ -1,8 +1,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import optax
 import pytest
 from numpyro.infer import MCMC
@@ -96,7 +94,8 @@ def test_ksdd_decreases_ksd_monotonically_and_coin_ksdd_matches(conjugate):
 
 def test_coin_svgd_with_minibatches_converges(minibatch_target):
     t = minibatch_target
-    res = gf.CoinSVGD(t.model, num_particles=50).run(jax.random.key(1), 3000, t.x, progress_bar=False)
+    res = gf.CoinSVGD(t.model, num_particles=50).run(jax.random.key(1), 3000, t.x,
+                                                     progress_bar=False)
     mu = res.get_samples()["mu"]
     assert abs(float(mu.mean()) - t.post_mean) < 1.0 * t.post_sd
     assert float(mu.std()) < 3 * t.post_sd

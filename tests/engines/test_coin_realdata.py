@@ -28,7 +28,8 @@ errors (one-sided: doing better than the tuned baseline is not a failure). To sh
 can fail, the worst learning rate of the same grid must fail it, on every metric.
 
 Seed-to-seed spread (initial particles, mini-batch order) was measured too, over seeds 0-2
-(benchmarks/experiments/coin_realdata/COIN_REALDATA.md). For the logistic regression it is far below the test-set SE
+(benchmarks/experiments/coin_realdata/COIN_REALDATA.md). For the logistic regression it is far
+below the test-set SE
 (sd of mean test lpd over seeds: Coin 0.0003, SVGD at 1e-2 0.0003, vs paired SE 0.0012). For
 the BNN it is of the same order (Coin 0.020, SVGD at 0.1 0.050, vs paired SE 0.026-0.08), so
 one seed alone is a noisy draw: the default tests check seed 0, the slow test averages each
@@ -156,7 +157,8 @@ def bnn_init(rng_key, num_particles, d):
 def bnn_scores(samples, X, y, y_mean, y_sd):
     """Per test example (original units): squared error of the posterior mean, log pred. density."""
     hidden = jax.nn.relu(jnp.einsum("td,ndh->nth", X, samples["W1"]) + samples["b1"][:, None, :])
-    mean = (jnp.einsum("nth,nh->nt", hidden, samples["W2"]) + samples["b2"][:, None]) * y_sd + y_mean
+    mean = ((jnp.einsum("nth,nh->nt", hidden, samples["W2"]) + samples["b2"][:, None]) * y_sd
+            + y_mean)
     sd = y_sd / jnp.sqrt(samples["gamma"])[:, None]
     loglik = dist.Normal(mean, sd).log_prob(y)                       # (particles, n_test)
     lpd = logsumexp(loglik, axis=0) - jnp.log(loglik.shape[0])

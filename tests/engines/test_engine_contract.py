@@ -36,7 +36,8 @@ PARTICLE = {
     "SVNG": lambda: (gf.SVNG(gaussian2, num_particles=8), gaussian2),
 }
 DENSITY = {
-    "IsoGaussianMixtureVI": lambda: (gf.IsoGaussianMixtureVI(gaussian2, num_components=3, map_steps=5), gaussian2),
+    "IsoGaussianMixtureVI": lambda: (gf.IsoGaussianMixtureVI(gaussian2, num_components=3,
+                                                             map_steps=5), gaussian2),
     "FBGVI": lambda: (gf.FBGVI(gaussian2, map_steps=5), gaussian2),
     "MixFlow": lambda: (gf.MixFlow(gaussian2, flow_length=5, num_leapfrog=2, step_size=0.1,
                                    num_draws=4), gaussian2),

@@ -46,7 +46,8 @@ def test_every_mode_of_a_four_mode_target_gets_a_component(d, update):
     # initialisation (documented): means U(-7, 7)^d, 200 Adam steps each, Laplace variances;
     # it knows nothing of the modes. Measured: nearest component within 0.05 of each mode,
     # variances within 2.5 %.
-    modes = jnp.zeros((4, d)).at[0, 0].set(5.0).at[1, 0].set(-5.0).at[2, 1].set(5.0).at[3, 1].set(-5.0)
+    modes = (jnp.zeros((4, d)).at[0, 0].set(5.0).at[1, 0].set(-5.0)
+             .at[2, 1].set(5.0).at[3, 1].set(-5.0))
 
     def model():
         numpyro.sample("x", dist.MixtureSameFamily(dist.Categorical(logits=jnp.zeros(4)),
@@ -68,16 +69,19 @@ def bimodal(y):
 
 def test_mixture_covers_both_modes_where_autonormal_covers_one():
     y = jnp.array(4.0)
-    res = gf.IsoGaussianMixtureVI(bimodal, num_components=10, init_strategy=init_to_uniform(radius=4)).run(
+    res = gf.IsoGaussianMixtureVI(bimodal, num_components=10,
+                                  init_strategy=init_to_uniform(radius=4)).run(
         jax.random.key(0), 1000, y, progress_bar=False)
     x = res.get_samples(4000, jax.random.key(1))["x"]
-    near_pos, near_neg = float(jnp.mean(jnp.abs(x - 2) < 0.5)), float(jnp.mean(jnp.abs(x + 2) < 0.5))
+    near_pos, near_neg = (float(jnp.mean(jnp.abs(x - 2) < 0.5)),
+                          float(jnp.mean(jnp.abs(x + 2) < 0.5)))
     assert near_pos > 0.25 and near_neg > 0.25, (near_pos, near_neg)
     guide = AutoNormal(bimodal)
     svi = SVI(bimodal, guide, optax.adam(0.02), Trace_ELBO())
     params = svi.run(jax.random.key(0), 3000, y, progress_bar=False).params
     xa = guide.sample_posterior(jax.random.key(1), params, sample_shape=(4000,))["x"]
-    fractions = sorted([float(jnp.mean(jnp.abs(xa - 2) < 0.5)), float(jnp.mean(jnp.abs(xa + 2) < 0.5))])
+    fractions = sorted([float(jnp.mean(jnp.abs(xa - 2) < 0.5)),
+                        float(jnp.mean(jnp.abs(xa + 2) < 0.5))])
     assert fractions[0] < 0.02 and fractions[1] > 0.5, fractions
 
 
@@ -91,7 +95,8 @@ def test_linear_regression_matches_nuts_and_beats_autonormal_elbo(linreg_data, l
         err = np.abs(np.mean(s[site], 0) - linreg_nuts[site].mean(0)) / linreg_nuts[site].std(0)
         assert np.all(err < 0.1), (site, err)
     # Predictive with the fitted guide
-    pred = Predictive(linreg_model, guide=res.guide, params=res.params, num_samples=50)(jax.random.key(2), X)
+    pred = Predictive(linreg_model, guide=res.guide, params=res.params,
+                      num_samples=50)(jax.random.key(2), X)
     assert pred["y"].shape == (50, 50)
     # ELBO at least AutoNormal's for the same number of gradient evaluations
     guide = AutoNormal(linreg_model)
@@ -173,7 +178,8 @@ def test_adaptive_preconditioner_and_averaging_on_a_correlated_gaussian():
     sched = res.state.schedule
     assert int(sched.count) == 1000 and int(sched.num_averaged) == 500
     np.testing.assert_array_equal(sched.rewhiten_at, [200, 400])
-    cov = res.params["isomix_variances"][0] * res.params["isomix_scale_tril"] @ res.params["isomix_scale_tril"].T
+    cov = (res.params["isomix_variances"][0] * res.params["isomix_scale_tril"]
+           @ res.params["isomix_scale_tril"].T)
     np.testing.assert_allclose(cov, S, rtol=0.05, atol=0.05)
     err_avg = float(jnp.linalg.norm(res.params["isomix_means"][0] - mu))
     err_last = float(jnp.linalg.norm(res.state.means[0] - mu))

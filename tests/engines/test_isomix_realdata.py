@@ -52,19 +52,19 @@ So:
 * ELBO. An isotropic family is a poor match for this posterior: the Laplace Hessian at the mode
   has eigenvalues 1.0 to 85.6, so the best single isotropic Gaussian is ~2.8 nats worse than the
   best diagonal one (Laplace KLs 15.9 vs 13.1). The mixture closes that gap by spreading its
-  components (means up to 1.6 from their centroid at N = 100): it needs about N = 50 components just to
-  match AutoNormal's ELBO (N = 50: +0.06 nats, within noise) and N = 100 to beat it clearly.
+  components (means up to 1.6 from their centroid at N = 100): it needs about N = 50 components just
+  to match AutoNormal's ELBO (N = 50: +0.06 nats, within noise) and N = 100 to beat it clearly.
   With the defaults (N = 10) it is ~1 nat short; that shortfall is recorded as a strict xfail
   below (marked slow). The main test uses N = 100, B = 10 (the default), 500 steps (ELBO
   converged: 1000 steps give -68.40 +- 0.07), where it beats the best AutoNormal of the
   learning-rate grid by ~0.5 nats, ~12 standard errors of the difference (50000 draws each).
 * Means. The 0.1-NUTS-sd criterion is NOT met with any setting tried: the worst parameter
   (w[16]) stays 0.23-0.26 sd off for N = 5...100 once converged (0.37 for N = 1; the median
-  over the 31 parameters is 0.07). This is the mode-seeking bias of axis-aligned / isotropic reverse-KL fits
-  on a correlated, slightly skewed posterior: AutoNormal is off by 0.21-0.27 sd at the same
-  parameters, while a full-covariance Gaussian (AutoMultivariateNormal) meets 0.1 (0.08). The
-  literal criterion is kept below as a strict xfail; the passing test guards the measured
-  behaviour (worst parameter < 0.3 sd, median < 0.1 sd).
+  over the 31 parameters is 0.07). This is the mode-seeking bias of axis-aligned / isotropic
+  reverse-KL fits on a correlated, slightly skewed posterior: AutoNormal is off by 0.21-0.27 sd
+  at the same parameters, while a full-covariance Gaussian (AutoMultivariateNormal) meets 0.1
+  (0.08). The literal criterion is kept below as a strict xfail; the passing test guards the
+  measured behaviour (worst parameter < 0.3 sd, median < 0.1 sd).
 
 Why 0.1 sd is not met, and what does meet it (measured with isomix.step on this posterior,
 N = 10, B = 10 unless noted; errors of the component-mean centroid, iterate-averaged over the
@@ -112,8 +112,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import optax
 import pytest
 from numpyro.infer import SVI, Trace_ELBO
@@ -174,7 +172,8 @@ def nuts_reference(data):
 
 
 def isomix_grad_evals(engine, num_steps, d):
-    curvature_hvps = d + 30 + 1     # numerics.curvature: d basis HVPs (d <= 200), 30 power steps + 1
+    # numerics.curvature: d basis HVPs (d <= 200), 30 power steps + 1
+    curvature_hvps = d + 30 + 1
     n = engine.num_components
     laplace_hvps = d if isinstance(engine.preconditioner, str) else 0   # the dense Hessian
     return (num_steps * n * engine.num_mc_samples + engine.map_steps * n

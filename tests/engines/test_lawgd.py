@@ -53,9 +53,11 @@ def test_coin_lawgd_default_box_bimodal():
 def test_coin_lawgd_3d():
     # measured: means within 0.03, sds 0.97 / 0.59 / 1.94 for 1 / 0.5 / 2 (grid 22^3)
     def model():
-        numpyro.sample("x", dist.Normal(jnp.array([0.0, 1.0, 2.0]), jnp.array([1.0, 0.5, 2.0])).to_event(1))
+        numpyro.sample("x", dist.Normal(jnp.array([0.0, 1.0, 2.0]),
+                                        jnp.array([1.0, 0.5, 2.0])).to_event(1))
 
-    x = gf.CoinLAWGD(model, num_particles=100).run(jax.random.key(0), 1000, progress_bar=False).get_samples()["x"]
+    x = gf.CoinLAWGD(model, num_particles=100).run(jax.random.key(0), 1000,
+                                                   progress_bar=False).get_samples()["x"]
     sd = np.array([1.0, 0.5, 2.0])
     assert np.all(np.abs(np.asarray(x.mean(0)) - [0, 1, 2]) / sd < 0.1)
     assert np.all(np.abs(np.asarray(x.std(0)) / sd - 1) < 0.25)

@@ -115,7 +115,8 @@ def test_mirrored_engine_as_mcmc_kernel():
     s = mcmc.get_samples(group_by_chain=True)
     assert s["p"].shape == (10, 10, 4)
     np.testing.assert_allclose(s["p"].sum(-1), 1.0, atol=1e-5)
-    run = gf.CoinMSVGD(mixed_sites, num_particles=10).run(jax.random.key(0), 40, y, progress_bar=False)
+    run = gf.CoinMSVGD(mixed_sites, num_particles=10).run(jax.random.key(0), 40, y,
+                                                          progress_bar=False)
     np.testing.assert_allclose(s["p"][:, -1], run.get_samples()["p"], rtol=1e-4, atol=1e-6)
 
 
@@ -125,7 +126,8 @@ def test_svmd_sparse_dirichlet():
     res = gf.SVMD(sparse_dirichlet, num_particles=50, optimizer=optax.rmsprop(0.1)).run(
         jax.random.key(0), 1000, progress_bar=False)
     p = res.get_samples()["p"]
-    assert energy_distance(p, ref, scale_by=None) < 2 * energy_distance(ref[:50], ref[50:], scale_by=None)
+    assert energy_distance(p, ref, scale_by=None) < 2 * energy_distance(ref[:50], ref[50:],
+                                                                        scale_by=None)
     assert 1 <= int(res.trace["num_eigen"][-1]) <= 50
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
 
@@ -136,9 +138,11 @@ def test_svng_with_the_true_precision_converges_faster_than_svgd(conjugate):
     # size 0.05 on the unscaled target: 0.82 sd)
     precision = jnp.diag(1 / conjugate.post_sd**2)
     run = lambda eng: eng.run(jax.random.key(0), 200, conjugate.y, progress_bar=False)  # noqa: E731
-    x = run(gf.SVNG(conjugate.model, num_particles=50, metric=precision, step_size=0.5)).get_samples()["x"]
+    x = run(gf.SVNG(conjugate.model, num_particles=50, metric=precision,
+                    step_size=0.5)).get_samples()["x"]
     x_h = run(gf.SVNG(conjugate.model, num_particles=50, step_size=0.5)).get_samples()["x"]
-    x0 = run(gf.SVNG(conjugate.model, num_particles=50, metric=jnp.eye(5), step_size=0.05)).get_samples()["x"]
+    x0 = run(gf.SVNG(conjugate.model, num_particles=50, metric=jnp.eye(5),
+                     step_size=0.05)).get_samples()["x"]
     err = lambda s: float(jnp.max(jnp.abs(s.mean(0) - conjugate.post_mean) / conjugate.post_sd))  # noqa: E731
     assert err(x) < 0.15 and err(x_h) < 0.15
     assert err(x0) > 3 * err(x)

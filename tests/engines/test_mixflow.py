@@ -26,7 +26,8 @@ def banana():
 
 def _banana_vg(x):
     return jax.value_and_grad(
-        lambda z: dist.Normal(0, 10).log_prob(z[0]) + dist.Normal(0.1 * z[0] ** 2 - 10, 1).log_prob(z[1]))(x)
+        lambda z: (dist.Normal(0, 10).log_prob(z[0])
+                   + dist.Normal(0.1 * z[0] ** 2 - 10, 1).log_prob(z[1])))(x)
 
 
 PARAMS = mf.MixFlowParams(jnp.array([0.0, -9.0]), jnp.array([3.0, 1.5]), jnp.array([0.1, 0.05]))
@@ -46,7 +47,8 @@ def test_laplace_cdf_and_inverse():
     r = jnp.linspace(-8, 8, 101)
     np.testing.assert_allclose(mf.laplace_icdf(mf.laplace_cdf(r)), r, atol=2e-4)
     # F is the Laplace CDF: F(0) = 1/2, F(1) = 1 - e^-1 / 2
-    np.testing.assert_allclose(mf.laplace_cdf(jnp.array([0.0, 1.0])), [0.5, 1 - 0.5 * np.exp(-1)], rtol=1e-6)
+    np.testing.assert_allclose(mf.laplace_cdf(jnp.array([0.0, 1.0])), [0.5, 1 - 0.5 * np.exp(-1)],
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("params", [PARAMS, PARAMS_FULL], ids=["meanfield", "fullrank"])
@@ -169,7 +171,8 @@ def test_elbo_agrees_with_density_and_sampler(banana_fit):
     direct = mf.log_target(z) - flow.log_density(z.x, z.rho, z.u)
     traj, traj_se = flow.elbo(jax.random.key(6), 500)
     se = np.hypot(float(jnp.std(direct)) / np.sqrt(2000), float(traj_se))
-    assert abs(float(jnp.mean(direct)) - float(traj)) < 4 * se, (float(jnp.mean(direct)), float(traj), se)
+    assert abs(float(jnp.mean(direct)) - float(traj)) < 4 * se, (float(jnp.mean(direct)),
+                                                                 float(traj), se)
 
 
 def test_density_integrates_to_one_and_matches_samples(banana_fit):
@@ -212,7 +215,8 @@ def test_engine_outputs(banana_fit):
     assert "elbo" in dt["trace"].data_vars
     # the fit's end-of-run numbers travel with the trace (the issue: inversion error reported)
     attrs = dt["trace"].attrs
-    assert attrs["inversion_error"] == res.stats["inversion_error"] and attrs["elbo"] == res.stats["elbo"]
+    assert (attrs["inversion_error"] == res.stats["inversion_error"]
+            and attrs["elbo"] == res.stats["elbo"])
     again = gf.MixFlow(banana, flow_length=50, num_leapfrog=10, step_size_rule="elbo").run(
         jax.random.key(0), 3000, progress_bar=False)
     np.testing.assert_array_equal(np.asarray(again.unconstrained), np.asarray(res.unconstrained))
@@ -245,7 +249,8 @@ def test_banana_elbo_ordering_mixflow_planar_meanfield():
     # MIXFLOW_TARGETS.md; not retrained here).
     # With the default step_scale="reference" the best was -0.456 (N = 2000, step 0.008).
     res = gf.MixFlow(banana, flow_length=1000, num_leapfrog=50, step_size=0.016,
-                     step_scale="unit", num_draws=10).run(jax.random.key(0), 5000, progress_bar=False)
+                     step_scale="unit", num_draws=10).run(jax.random.key(0), 5000,
+                                                          progress_bar=False)
     np.testing.assert_allclose(res.flow.params.step_size, [0.016, 0.016])
     elbo, se = (float(v) for v in res.flow.elbo(jax.random.key(100), 1000))
     planar, reference = -0.407, float(res.stats["reference_elbo"])
@@ -261,7 +266,8 @@ def test_given_reference_and_zero_steps():
     np.testing.assert_allclose(res.flow.params.loc, [0.0, -9.0])
     np.testing.assert_allclose(res.flow.params.step_size, [0.15, 0.075], rtol=1e-6)
     with pytest.raises(ValueError, match="reference"):
-        gf.MixFlow(banana, reference=(jnp.zeros(3), 1.0)).run(jax.random.key(0), 0, progress_bar=False)
+        gf.MixFlow(banana, reference=(jnp.zeros(3), 1.0)).run(jax.random.key(0), 0,
+                                                              progress_bar=False)
 
 
 def test_mcmc_kernel_gives_trajectories(banana_fit):
@@ -349,8 +355,8 @@ def test_real_data_regression_means_match_nuts():
     # the VI refinement improves on its Laplace start (measured KL 0.086-0.090 +- 0.014 for the
     # Laplace approximation alone, 0.015 after the 1000 steps)
     log_p = jax.jit(jax.vmap(lambda z: full.bridge.log_density(z, (X, y), {})))
-    mode, whiten = jax.jit(lambda x: numerics.laplace(lambda z: full.bridge.log_density(z, (X, y), {}),
-                                                x, 200))(full.flow.params.loc)
+    mode, whiten = jax.jit(lambda x: numerics.laplace(
+        lambda z: full.bridge.log_density(z, (X, y), {}), x, 200))(full.flow.params.loc)
     laplace_q = dist.MultivariateNormal(mode, scale_tril=jnp.linalg.cholesky(whiten @ whiten.T))
     z = laplace_q.sample(jax.random.key(5), (4000,))
     laplace_elbo = float(jnp.mean(log_p(z) - laplace_q.log_prob(z)))

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -83,7 +83,8 @@ DATA_CODE = textwrap.dedent("""
     # the rows of X and y (leading axis = the plate's size) are split over the 4 devices
     bridge = ModelBridge.from_model(model, jnp.asarray(X), jnp.asarray(y))
     mesh = placement.data_mesh("auto")
-    Xs, ys = placement.shard_rows([jnp.asarray(X), jnp.asarray(y)], bridge.plate_sizes.values(), mesh)
+    Xs, ys = placement.shard_rows([jnp.asarray(X), jnp.asarray(y)], bridge.plate_sizes.values(),
+                                  mesh)
     assert len(Xs.sharding.device_set) == 4 and not Xs.sharding.is_fully_replicated
     assert Xs.addressable_shards[0].data.shape == (100, 3)
 
@@ -106,7 +107,8 @@ DATA_CODE = textwrap.dedent("""
 
 
 def test_data_sharded_over_four_devices_matches_one_device():
-    out = subprocess.run([sys.executable, "-c", DATA_CODE], capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", DATA_CODE], capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {}
     for line in out.stdout.splitlines():

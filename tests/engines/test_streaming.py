@@ -64,10 +64,12 @@ def test_one_epoch_of_streamed_gradients_averages_to_the_full_data_gradient():
     z = jnp.asarray(np.random.default_rng(1).normal(size=(3, 6)), jnp.float32)
     batches = loader.batches(seed=7, start=0, num_steps=loader.batches_per_epoch)
     assert sorted(loader.indices(7, 0, 12).ravel().tolist()) == list(range(600))
-    scores = [bridge.batch_score(z, (), {"X": batches["X"][k], "y": batches["y"][k], "num_rows": 600})
+    scores = [bridge.batch_score(z, (), {"X": batches["X"][k], "y": batches["y"][k],
+                                         "num_rows": 600})
               for k in range(12)]
     full = ModelBridge.from_model(full_model, X, y)
-    np.testing.assert_allclose(np.mean(scores, 0), full.batch_score(z, (X, y)), rtol=2e-4, atol=2e-3)
+    np.testing.assert_allclose(np.mean(scores, 0), full.batch_score(z, (X, y)), rtol=2e-4,
+                               atol=2e-3)
     # a single batch is a different (noisy) estimate: the test is not trivially true
     assert np.max(np.abs(scores[0] - full.batch_score(z, (X, y)))) > 1.0
 
@@ -161,9 +163,11 @@ def test_loader_errors_name_the_problem():
     with pytest.raises(TypeError, match="StreamedData"):
         engine.run(jax.random.key(0), 5, num_rows=100, data_loader={"X": X}, progress_bar=False)
     with pytest.raises(ValueError, match="MixFlow does not take a data_loader"):
-        gf.MixFlow(model).run(jax.random.key(0), 5, num_rows=100, data_loader=loader, progress_bar=False)
+        gf.MixFlow(model).run(jax.random.key(0), 5, num_rows=100, data_loader=loader,
+                              progress_bar=False)
     # the plate's size must be the number of rows (here the model is told 99)
-    with pytest.raises(ValueError, match=r"plate of size 100 .*subsample_size=10.*'data' \(size 99"):
+    with pytest.raises(ValueError,
+                       match=r"plate of size 100 .*subsample_size=10.*'data' \(size 99"):
         engine.run(jax.random.key(0), 5, num_rows=99, data_loader=loader, progress_bar=False)
 
 
@@ -176,4 +180,5 @@ def test_batch_of_all_rows_needs_no_subsampled_plate():
                                                 data_loader=loader, progress_bar=False)
     full = gf.FBGVI(full_model, num_mc_samples=8).run(jax.random.key(0), 300, X, y,
                                                       progress_bar=False)
-    np.testing.assert_allclose(res.params["fbgvi_loc"], full.params["fbgvi_loc"], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(res.params["fbgvi_loc"], full.params["fbgvi_loc"], rtol=1e-3,
+                               atol=1e-3)

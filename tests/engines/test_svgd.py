@@ -2,8 +2,6 @@ import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import optax
 import pytest
 from numpyro.infer import MCMC, Predictive
@@ -38,7 +36,8 @@ def test_plain_sgd_step_is_x_plus_eps_phi(conjugate):
     new, info = svgd.step(state, bridge.score_fn((conjugate.y,)), RBFKernel(), opt)
     phi, _ = gf.kernels.svgd_direction(RBFKernel(), x0, bridge.batch_score(x0, (conjugate.y,)))
     np.testing.assert_allclose(new.particles, x0 + 0.1 * phi, rtol=1e-5, atol=1e-6)
-    assert float(info.stein_sq_norm) == pytest.approx(float(jnp.mean(jnp.sum(phi**2, -1))), rel=1e-5)
+    assert float(info.stein_sq_norm) == pytest.approx(float(jnp.mean(jnp.sum(phi**2, -1))),
+                                                      rel=1e-5)
 
 
 def test_constrained_site_matches_nuts(linreg_data, linreg_nuts):
@@ -85,7 +84,8 @@ def test_mcmc_path_equals_run(linreg_data):
 
 def test_ensemble_kernel_needs_vectorized_chains(linreg_data):
     X, y = linreg_data
-    mcmc = MCMC(gf.SVGD(linreg_model, step_size=0.05), num_warmup=5, num_samples=5, progress_bar=False)
+    mcmc = MCMC(gf.SVGD(linreg_model, step_size=0.05), num_warmup=5, num_samples=5,
+                progress_bar=False)
     with pytest.raises(ValueError, match="vectorized"):
         mcmc.run(jax.random.key(0), X, y)
 

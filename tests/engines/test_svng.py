@@ -1,4 +1,5 @@
-"""SVNG: its direction against the paper's formula, and its speed on an ill-conditioned posterior."""
+"""SVNG: its direction against the paper's formula, and its speed on an ill-conditioned
+posterior."""
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,8 @@ def test_full_spectrum_svng_direction_is_the_preconditioned_svgd_direction(kerne
                                       threshold=1.0)
         ref, _ = svgd_direction(kernel, x, s)
         assert int(kept) == 12
-        np.testing.assert_allclose(phi, jnp.linalg.solve(G, ref.T).T, atol=1e-5 * float(jnp.max(jnp.abs(ref))) * 10)
+        np.testing.assert_allclose(phi, jnp.linalg.solve(G, ref.T).T,
+                                   atol=1e-5 * float(jnp.max(jnp.abs(ref))) * 10)
     finally:
         jax.config.update("jax_enable_x64", x64)
 
@@ -60,8 +62,11 @@ def test_svng_beats_svgd_on_an_ill_conditioned_logistic_regression():
 
     steps = 200
     run = lambda eng: eng.run(jax.random.key(0), steps, X, y, progress_bar=False).get_samples()["w"]  # noqa: E731
-    err_svng = _mahalanobis_mean_error(run(gf.SVNG(model, num_particles=50, step_size=1.0)), mean, chol)
-    err_svgd = _mahalanobis_mean_error(run(gf.SVGD(model, num_particles=50, optimizer=optax.sgd(0.05))), mean, chol)
-    err_ada = _mahalanobis_mean_error(run(gf.SVGD(model, num_particles=50, step_size=0.01)), mean, chol)
+    err_svng = _mahalanobis_mean_error(run(gf.SVNG(model, num_particles=50, step_size=1.0)),
+                                       mean, chol)
+    err_svgd = _mahalanobis_mean_error(
+        run(gf.SVGD(model, num_particles=50, optimizer=optax.sgd(0.05))), mean, chol)
+    err_ada = _mahalanobis_mean_error(run(gf.SVGD(model, num_particles=50, step_size=0.01)),
+                                      mean, chol)
     assert err_svng < 0.2
     assert err_svgd > 2 * err_svng and err_ada > 2 * err_svng

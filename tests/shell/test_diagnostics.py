@@ -33,7 +33,8 @@ def test_stein_kernel_matches_autodiff():
         return sa @ sb * k(a, b) + sa @ gy + sb @ gx + tr
 
     ref = jax.vmap(lambda a: jax.vmap(lambda b: kp(a, b))(x))(x)
-    np.testing.assert_allclose(stein_kernel_matrix(kern, x, score(x), h=1.0), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stein_kernel_matrix(kern, x, score(x), h=1.0), ref, rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_ksd_small_for_exact_sample_large_for_wrong_ones():

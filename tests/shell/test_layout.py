@@ -21,19 +21,23 @@ def _imported_modules(path: Path) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted(TESTS.rglob("*.py")), ids=lambda p: str(p.relative_to(TESTS)))
+@pytest.mark.parametrize("path", sorted(TESTS.rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(TESTS)))
 def test_tests_import_nothing_from_benchmarks(path):
     assert not [m for m in _imported_modules(path) if m.split(".")[0] == "benchmarks"]
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_all_lists_one_name_per_line(path):
     tree = ast.parse(path.read_text())
     for node in tree.body:
-        if (isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
+        if (isinstance(node, ast.Assign)
+                and any(getattr(t, "id", None) == "__all__" for t in node.targets)
                 and isinstance(node.value, (ast.List, ast.Tuple)) and len(node.value.elts) > 1):
             lines = [e.lineno for e in node.value.elts]
-            assert len(set(lines)) == len(lines), f"{path.name}: __all__ has several names on a line"
+            assert len(set(lines)) == len(lines), (
+                f"{path.name}: __all__ has several names on a line")
 
 
 def test_readme_layout_names_every_package_module():

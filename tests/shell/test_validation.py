@@ -211,7 +211,8 @@ def test_mixflow_kernel_reference_key():
 
 # ------------------------------------------------------------------------------ hyperparameters
 PARTICLE_ENGINES = {
-    "SVGD": gf.SVGD, "CoinSVGD": gf.CoinSVGD, "KSDD": lambda m, **kw: gf.KSDD(m, step_size=0.1, **kw),
+    "SVGD": gf.SVGD, "CoinSVGD": gf.CoinSVGD,
+    "KSDD": lambda m, **kw: gf.KSDD(m, step_size=0.1, **kw),
     "CoinKSDD": gf.CoinKSDD, "CoinLAWGD": gf.CoinLAWGD, "MSVGD": gf.MSVGD,
     "CoinMSVGD": gf.CoinMSVGD, "SVMD": gf.SVMD, "SVNG": gf.SVNG,
 }
@@ -234,7 +235,8 @@ BAD_HYPERPARAMETERS = [
       for s in (0.0, -0.1, float("inf"))],
     *[(e, {"step_size": "fast"}, (ValueError, TypeError), ["step_size"])
       for e in ("SVGD", "KSDD", "IsoGaussianMixtureVI", "FBGVI", "MixFlow")],
-    ("SVGD", {"step_size": 0.1, "optimizer": optax.sgd(0.1)}, ValueError, ["step_size", "optimizer"]),
+    ("SVGD", {"step_size": 0.1, "optimizer": optax.sgd(0.1)}, ValueError,
+     ["step_size", "optimizer"]),
     ("SVGD", {"optimizer": "adam"}, TypeError, ["optimizer", "optax"]),
     ("KSDD", {"step_size": None}, ValueError, ["step_size", "optimizer"]),
     # counts
@@ -249,13 +251,17 @@ BAD_HYPERPARAMETERS = [
     ("CoinLAWGD", {"grid_size": 2}, ValueError, ["grid_size", ">= 4"]),
     ("CoinLAWGD", {"num_eigen": 0}, ValueError, ["num_eigen", ">= 1"]),
     # unknown choices
-    ("IsoGaussianMixtureVI", {"variance_update": "adam"}, ValueError, ["variance_update", "'ibw'", "'md'"]),
-    ("IsoGaussianMixtureVI", {"initial_variance": -1.0}, ValueError, ["initial_variance", "'laplace'"]),
-    ("IsoGaussianMixtureVI", {"preconditioner": "newton"}, ValueError, ["preconditioner", "'laplace'"]),
+    ("IsoGaussianMixtureVI", {"variance_update": "adam"}, ValueError,
+     ["variance_update", "'ibw'", "'md'"]),
+    ("IsoGaussianMixtureVI", {"initial_variance": -1.0}, ValueError,
+     ["initial_variance", "'laplace'"]),
+    ("IsoGaussianMixtureVI", {"preconditioner": "newton"}, ValueError,
+     ["preconditioner", "'laplace'"]),
     ("IsoGaussianMixtureVI", {"average_last": 1.5}, ValueError, ["average_last", "[0, 1)"]),
     ("FBGVI", {"hessian": "bfgs"}, ValueError, ["hessian", "'exact'", "'stein'"]),
     ("FBGVI", {"stochastic": "yes"}, TypeError, ["stochastic", "bool"]),
-    ("MixFlow", {"step_size_rule": "nuts"}, ValueError, ["step_size_rule", "'acceptance'", "'elbo'"]),
+    ("MixFlow", {"step_size_rule": "nuts"}, ValueError,
+     ["step_size_rule", "'acceptance'", "'elbo'"]),
     ("MixFlow", {"reference": "laplace"}, ValueError, ["reference", "'meanfield'"]),
     ("MixFlow", {"target_accept": 1.5}, ValueError, ["target_accept", "(0, 1)"]),
     ("MixFlow", {"step_size_grid": ()}, ValueError, ["step_size_grid"]),
