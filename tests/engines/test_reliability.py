@@ -9,37 +9,10 @@ import pytest
 from numpyro.distributions import constraints
 
 import numpyro_gflow as gf
+from support import SMALL_ENGINES, gaussian2
 
 
-def gaussian2():
-    numpyro.sample("x", dist.Normal(jnp.array([0.5, -1.0]), jnp.array([1.0, 2.0])).to_event(1))
-
-
-def simplex3():
-    numpyro.sample("p", dist.Dirichlet(jnp.array([2.0, 3.0, 4.0])))
-
-
-def one_d():
-    numpyro.sample("x", dist.Normal(0.3, 0.8))
-
-
-ENGINES = {
-    "SVGD": lambda: (gf.SVGD(gaussian2, num_particles=8), gaussian2),
-    "CoinSVGD": lambda: (gf.CoinSVGD(gaussian2, num_particles=8), gaussian2),
-    "KSDD": lambda: (gf.KSDD(gaussian2, num_particles=8, step_size=0.1), gaussian2),
-    "CoinKSDD": lambda: (gf.CoinKSDD(gaussian2, num_particles=8), gaussian2),
-    "CoinLAWGD": lambda: (gf.CoinLAWGD(one_d, num_particles=8, grid_size=64, num_eigen=10), one_d),
-    "MSVGD": lambda: (gf.MSVGD(simplex3, num_particles=8), simplex3),
-    "CoinMSVGD": lambda: (gf.CoinMSVGD(simplex3, num_particles=8), simplex3),
-    "SVMD": lambda: (gf.SVMD(simplex3, num_particles=8), simplex3),
-    "SVNG": lambda: (gf.SVNG(gaussian2, num_particles=8), gaussian2),
-    "IsoGaussianMixtureVI": lambda: (gf.IsoGaussianMixtureVI(gaussian2, num_components=3,
-                                                             map_steps=5), gaussian2),
-    "FBGVI": lambda: (gf.FBGVI(gaussian2, map_steps=5), gaussian2),
-    "FBGVI-stochastic": lambda: (gf.FBGVI(gaussian2, stochastic=True, map_steps=5), gaussian2),
-    "MixFlow": lambda: (gf.MixFlow(gaussian2, flow_length=5, num_leapfrog=2, step_size=0.1,
-                                   num_draws=4), gaussian2),
-}
+ENGINES = SMALL_ENGINES
 
 
 def _assert_same_tree(a, b):
