@@ -32,6 +32,12 @@ import numpyro
 import numpyro.distributions as dist
 
 from numpyro_gflow.datasets import load_breast_cancer
+from numpyro_gflow.datasets.models import (
+    EIGHT_SCHOOLS_SIGMA,
+    EIGHT_SCHOOLS_Y,
+    eight_schools_noncentered,
+    logistic_regression,
+)
 
 __all__ = ["BenchModel", "MODELS", "MODEL_NAMES", "get_model", "load_reference", "REFERENCE_DIR"]
 
@@ -62,13 +68,6 @@ class BenchModel:
 
 
 # ---------------------------------------------------------------------- 1. logistic regression
-def logistic_regression(X, y=None):
-    b = numpyro.sample("b", dist.Normal(0.0, 5.0))
-    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
-    with numpyro.plate("data", X.shape[0]):
-        numpyro.sample("obs", dist.Bernoulli(logits=X @ w + b), obs=y)
-
-
 def _logistic() -> BenchModel:
     X, y = load_breast_cancer()          # standardised (population sd), float64 / int32
     X, y = jnp.asarray(X, jnp.float32), jnp.asarray(y)
@@ -82,19 +81,6 @@ def _logistic() -> BenchModel:
 
 
 # ---------------------------------------------------------------------- 2. eight schools
-EIGHT_SCHOOLS_Y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0], np.float32)
-EIGHT_SCHOOLS_SIGMA = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0], np.float32)
-
-
-def eight_schools_noncentered(sigma, y=None):
-    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
-    with numpyro.plate("J", sigma.shape[0]):
-        theta_tilde = numpyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
-        theta = numpyro.deterministic("theta", mu + tau * theta_tilde)
-        numpyro.sample("obs", dist.Normal(theta, sigma), obs=y)
-
-
 def _eight_schools() -> BenchModel:
     return BenchModel(
         name="eight_schools",

@@ -1,25 +1,13 @@
-"""Test-side copies of benchmark models and experiment harnesses that tests check.
+"""What the tests share: small engines on toy models, and the experiment set-ups they check.
 
-Tests import nothing from ``benchmarks/`` (a folder of scripts, not part of the package). Where
-a test checks a benchmark's model or an experiment's claim, the code it needs is here, copied
-from the named file with only names changed where two copies would clash; keep the two in step
-(a change to one without the other makes the test check something else than the experiment
-reports). Data come from :mod:`numpyro_gflow.datasets`; cached references from ``tests/data/``.
-
-Sections:
-
-* the benchmark suite's logistic regression and eight schools (``benchmarks/models.py``);
-  their NUTS moments are ``tests/data/{logistic,eight_schools}_nuts_moments.npz``;
-* the diabetes regression and its exact evidence
-  (``benchmarks/experiments/mixflow_realdata/mixflow_realdata.py``);
-* FB-GVI: the breast-cancer model and BW-SGD step of
-  ``benchmarks/experiments/fbgvi_curves/fbgvi_curves.py``, the Gaussian target of
-  ``.../fbgvi_paper/fbgvi_paper.py``, the logistic data and runner of
-  ``.../fbgvi_notebook/fbgvi_notebook.py``;
-* SVNG: the correlated-feature logistic regression of
-  ``.../svng_conditioning/svng_conditioning.py``;
-* MixFlow: the paper's cross, funnel and warped-Gaussian targets and ``run_target`` of
-  ``.../mixflow_targets/mixflow_targets.py``.
+Tests import nothing from ``benchmarks/``. The posteriors shared with the benchmark suite and
+the experiments (logistic regression, eight schools, the diabetes regression and its exact
+evidence, the correlated-feature logistic regression, MixFlow's 2-d targets) have one owner,
+`numpyro_gflow.datasets.models`, and are re-exported here. Still copied from the experiment
+scripts (keep them in step): the FB-GVI experiments' harnesses (the breast-cancer theta model
+of ``benchmarks/experiments/fbgvi_curves``, the Gaussian target and KL path of
+``.../fbgvi_paper``, the logistic data and runner of ``.../fbgvi_notebook``) and MixFlow's
+``run_target`` of ``.../mixflow_targets``. Cached references are in ``tests/data/``.
 """
 
 from __future__ import annotations
@@ -32,75 +20,37 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax import lax
-from numpyro.distributions import constraints
 from numpyro.infer import MCMC, NUTS
 
 import numpyro_gflow as gf
 from numpyro_gflow.core import fbgvi
+from numpyro_gflow.datasets.models import (  # noqa: F401  (re-exported to the tests)
+    EIGHT_SCHOOLS_SIGMA,
+    EIGHT_SCHOOLS_Y,
+    breast_cancer_theta_model,
+    correlated_logistic_data,
+    correlated_logistic_model,
+    cross,
+    cross_exact,
+    diabetes_log_evidence,
+    diabetes_regression,
+    eight_schools_noncentered,
+    funnel,
+    funnel_exact,
+    logistic_regression,
+    warped_gaussian,
+    warped_gaussian_exact,
+)
 from numpyro_gflow.diagnostics import energy_distance
 
 
 # ------------------------------------------------------------ benchmarks/models.py
-def logistic_regression(X, y=None):
-    b = numpyro.sample("b", dist.Normal(0.0, 5.0))
-    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
-    with numpyro.plate("data", X.shape[0]):
-        numpyro.sample("obs", dist.Bernoulli(logits=X @ w + b), obs=y)
-
-
-EIGHT_SCHOOLS_Y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0], np.float32)
-EIGHT_SCHOOLS_SIGMA = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0], np.float32)
-
-
-def eight_schools_noncentered(sigma, y=None):
-    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
-    with numpyro.plate("J", sigma.shape[0]):
-        theta_tilde = numpyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
-        theta = numpyro.deterministic("theta", mu + tau * theta_tilde)
-        numpyro.sample("obs", dist.Normal(theta, sigma), obs=y)
 
 
 # ------------------------------------------------------------ mixflow_realdata.py
-def diabetes_regression(X, y=None):
-    w = numpyro.sample("w", dist.Normal(0, 1).expand([X.shape[1]]).to_event(1))
-    b = numpyro.sample("b", dist.Normal(0, 1))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
-    numpyro.sample("y", dist.Normal(X @ w + b, sigma), obs=y)
-
-
-def diabetes_log_evidence(X, y) -> float:
-    """Exact log p(y) of `diabetes_regression` (float64): given sigma, (w, b) integrate out in
-    closed form (y ~ N(0, sigma^2 I + X X^T + 1 1^T)); sigma by the trapezoid rule on a grid that
-    holds its posterior (the integrand falls by > 10 nats at both ends on the shipped data)."""
-    from scipy import stats
-
-    X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
-    A = np.column_stack([X, np.ones(len(y))])
-    K = A @ A.T
-
-    def log_joint(sigma):
-        _, log_det = np.linalg.slogdet(sigma ** 2 * np.eye(len(y)) + K)
-        quad = y @ np.linalg.solve(sigma ** 2 * np.eye(len(y)) + K, y)
-        return -0.5 * (len(y) * np.log(2 * np.pi) + log_det + quad) + stats.halfnorm.logpdf(sigma)
-
-    grid = np.linspace(0.6, 0.9, 151)
-    values = np.array([log_joint(s) for s in grid])
-    top = values.max()
-    assert values[0] < top - 10 and values[-1] < top - 10, "sigma grid misses posterior mass"
-    density = np.exp(values - top)
-    # numpy < 2 has no np.trapezoid
-    trapezoid = np.sum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))
-    return float(top + np.log(trapezoid))
 
 
 # ------------------------------------------------------------ fbgvi_curves.py
-def breast_cancer_theta_model(X, y=None):
-    d = X.shape[1] + 1
-    scale = jnp.ones(d).at[0].set(5.0)
-    theta = numpyro.sample("theta", dist.Normal(0.0, scale).to_event(1))
-    with numpyro.plate("data", X.shape[0]):
-        numpyro.sample("obs", dist.Bernoulli(logits=X @ theta[1:] + theta[0]), obs=y)
 
 
 #: BW-SGD, the paper's baseline, lives in the core
@@ -280,74 +230,9 @@ def notebook_runner(X, y):
 
 
 # ------------------------------------------------------------ svng_conditioning.py
-def correlated_logistic_data(seed: int = 0, n: int = 300, d: int = 6, rho: float = 0.97):
-    """Correlated-feature logistic-regression data (float32 X, int32 y)."""
-    rng = np.random.default_rng(seed)
-    corr = rho ** np.abs(np.subtract.outer(np.arange(d), np.arange(d)))
-    X = rng.standard_normal((n, d)) @ np.linalg.cholesky(corr).T
-    w_true = rng.standard_normal(d)
-    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-X @ w_true))).astype(np.int32)
-    return jnp.asarray(X, jnp.float32), jnp.asarray(y)
-
-
-def correlated_logistic_model(X, y=None):
-    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
-    with numpyro.plate("data", X.shape[0]):
-        numpyro.sample("obs", dist.Bernoulli(logits=X @ w), obs=y)
 
 
 # ------------------------------------------------------------ mixflow_targets.py
-def _flat2():
-    return numpyro.sample("x", dist.ImproperUniform(constraints.real_vector, (), (2,)))
-
-
-_CROSS_LOCS = np.array([[0.0, 2.0], [-2.0, 0.0], [2.0, 0.0], [0.0, -2.0]])
-_CROSS_SDS = np.array([[0.15, 1.0], [1.0, 0.15], [1.0, 0.15], [0.15, 1.0]])
-
-
-def cross():
-    x = _flat2()
-    comp = dist.Normal(jnp.asarray(_CROSS_LOCS), jnp.asarray(_CROSS_SDS)).to_event(1)
-    numpyro.factor("log_p", jax.nn.logsumexp(comp.log_prob(x)) - jnp.log(4.0))
-
-
-def cross_exact(rng, n):
-    k = rng.integers(0, 4, n)
-    return _CROSS_LOCS[k] + _CROSS_SDS[k] * rng.normal(size=(n, 2))
-
-
-def funnel():
-    x1 = numpyro.sample("x1", dist.Normal(9.0, 6.0))
-    numpyro.sample("x2", dist.Normal(0.0, jnp.exp(x1 / 4.0)))
-
-
-def funnel_exact(rng, n):
-    x1 = rng.normal(9.0, 6.0, n)
-    return np.stack([x1, rng.normal(0.0, np.exp(x1 / 4.0))], 1)
-
-
-def _warp(xy, sign):
-    r = jnp.linalg.norm(xy, axis=-1)
-    a = sign * r / 2
-    c, s = jnp.cos(a), jnp.sin(a)
-    return jnp.stack([c * xy[..., 0] - s * xy[..., 1], s * xy[..., 0] + c * xy[..., 1]], -1), r
-
-
-def warped_gaussian():
-    v, r = _warp(_flat2(), 1.0)
-    numpyro.factor("log_p", -0.5 * v[0] ** 2 - 0.5 * (v[1] / 0.12) ** 2 + jnp.log(r))
-
-
-def warped_gaussian_exact(rng, n):
-    # in the rotated coordinates v = (x0, y0) the density is N(0, diag(1, 0.12^2)) x |v|
-    # (rotation by r / 2 keeps r and area): rejection with bound |v| <= 6 (P(|v| > 6) < 1e-8)
-    out = []
-    while sum(len(o) for o in out) < n:
-        v = rng.normal(size=(4 * n, 2)) * [1.0, 0.12]
-        keep = rng.uniform(0, 6, 4 * n) < np.linalg.norm(v, axis=1)
-        out.append(v[keep])
-    v = np.concatenate(out)[:n]
-    return np.asarray(_warp(jnp.asarray(v), -1.0)[0])
 
 
 # the authors' leapfrog counts L (their code's settings per target); the banana is in

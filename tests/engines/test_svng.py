@@ -13,7 +13,7 @@ from numpyro_gflow.core.kernels import IMQKernel, RBFKernel, svgd_direction
 from numpyro_gflow.core.msvgd import MirrorEval
 from numpyro_gflow.core.svmd import svmd_direction
 
-# the set-up of benchmarks/experiments/svng_conditioning (tests/support.py holds a copy)
+# the set-up of benchmarks/experiments/svng_conditioning (numpyro_gflow.datasets.models)
 from support import correlated_logistic_data as make_data
 from support import correlated_logistic_model as model
 

@@ -59,7 +59,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
-import numpyro.distributions as dist  # noqa: E402
 import optax  # noqa: E402
 from jax import lax  # noqa: E402
 from numpyro.infer import SVI, Trace_ELBO  # noqa: E402
@@ -69,6 +68,7 @@ from numpyro.infer.util import potential_energy  # noqa: E402
 import numpyro_gflow as gf  # noqa: E402
 from numpyro_gflow.core import fbgvi  # noqa: E402
 from numpyro_gflow.datasets import load_breast_cancer  # noqa: E402
+from numpyro_gflow.datasets.models import breast_cancer_theta_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PLOT = HERE / "fbgvi_curves.png"
@@ -93,12 +93,7 @@ def load_data():
     return jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32)
 
 
-def model(X, y=None):
-    d = X.shape[1] + 1
-    scale = jnp.ones(d).at[0].set(5.0)
-    theta = numpyro.sample("theta", dist.Normal(0.0, scale).to_event(1))
-    with numpyro.plate("data", X.shape[0]):
-        numpyro.sample("obs", dist.Bernoulli(logits=X @ theta[1:] + theta[0]), obs=y)
+model = breast_cancer_theta_model   # numpyro_gflow.datasets.models
 
 
 # ---------------------------------------------------------------------------- BW-SGD

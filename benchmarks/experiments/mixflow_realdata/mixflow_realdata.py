@@ -36,13 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as dist
 import optax
 from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO
 from numpyro.infer.autoguide import AutoBNAFNormal, AutoIAFNormal, AutoMultivariateNormal
 
 import numpyro_gflow as gf
 from numpyro_gflow.datasets import load_diabetes
+from numpyro_gflow.datasets.models import diabetes_log_evidence, diabetes_regression
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = (
@@ -60,36 +60,8 @@ def load():
     return jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32)
 
 
-def model(X, y=None):
-    w = numpyro.sample("w", dist.Normal(0, 1).expand([X.shape[1]]).to_event(1))
-    b = numpyro.sample("b", dist.Normal(0, 1))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
-    numpyro.sample("y", dist.Normal(X @ w + b, sigma), obs=y)
-
-
-def log_evidence(X, y) -> float:
-    """Exact log p(y) of `model` (float64): given sigma, (w, b) integrate out in closed form
-    (y ~ N(0, sigma^2 I + X X^T + 1 1^T)); sigma by the trapezoid rule on a grid that holds
-    its posterior (the integrand falls by > 10 nats at both ends on the shipped data)."""
-    from scipy import stats
-
-    X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
-    A = np.column_stack([X, np.ones(len(y))])
-    K = A @ A.T
-
-    def log_joint(sigma):
-        _, log_det = np.linalg.slogdet(sigma ** 2 * np.eye(len(y)) + K)
-        quad = y @ np.linalg.solve(sigma ** 2 * np.eye(len(y)) + K, y)
-        return -0.5 * (len(y) * np.log(2 * np.pi) + log_det + quad) + stats.halfnorm.logpdf(sigma)
-
-    grid = np.linspace(0.6, 0.9, 151)
-    values = np.array([log_joint(s) for s in grid])
-    top = values.max()
-    assert values[0] < top - 10 and values[-1] < top - 10, "sigma grid misses posterior mass"
-    density = np.exp(values - top)
-    # numpy < 2 has no np.trapezoid
-    trapezoid = np.sum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))
-    return float(top + np.log(trapezoid))
+model = diabetes_regression          # numpyro_gflow.datasets.models
+log_evidence = diabetes_log_evidence
 
 
 def flat(s):

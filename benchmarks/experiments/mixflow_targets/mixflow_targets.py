@@ -29,81 +29,29 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 import numpyro.distributions as dist
-from numpyro.distributions import constraints
 from numpyro.infer import MCMC, NUTS
 
 import numpyro_gflow as gf
+from numpyro_gflow.datasets.models import (
+    banana,
+    banana_exact,
+    cross,
+    cross_exact,
+    funnel,
+    funnel_exact,
+    warped_gaussian,
+    warped_gaussian_exact,
+)
 from numpyro_gflow.diagnostics import energy_distance
 
 # ---------------------------------------------------------------------------- targets
 
 
-def _flat2():
-    return numpyro.sample("x", dist.ImproperUniform(constraints.real_vector, (), (2,)))
 
 
-def banana():
-    x1 = numpyro.sample("x1", dist.Normal(0.0, 10.0))
-    numpyro.sample("x2", dist.Normal(0.1 * x1**2 - 10.0, 1.0))
-
-
-def banana_exact(rng, n):
-    x1 = rng.normal(0, 10, n)
-    return np.stack([x1, rng.normal(0.1 * x1**2 - 10, 1.0)], 1)
-
-
-_CROSS_LOCS = np.array([[0.0, 2.0], [-2.0, 0.0], [2.0, 0.0], [0.0, -2.0]])
-_CROSS_SDS = np.array([[0.15, 1.0], [1.0, 0.15], [1.0, 0.15], [0.15, 1.0]])
-
-
-def cross():
-    x = _flat2()
-    comp = dist.Normal(jnp.asarray(_CROSS_LOCS), jnp.asarray(_CROSS_SDS)).to_event(1)
-    numpyro.factor("log_p", jax.nn.logsumexp(comp.log_prob(x)) - jnp.log(4.0))
-
-
-def cross_exact(rng, n):
-    k = rng.integers(0, 4, n)
-    return _CROSS_LOCS[k] + _CROSS_SDS[k] * rng.normal(size=(n, 2))
-
-
-def funnel():
-    x1 = numpyro.sample("x1", dist.Normal(9.0, 6.0))
-    numpyro.sample("x2", dist.Normal(0.0, jnp.exp(x1 / 4.0)))
-
-
-def funnel_exact(rng, n):
-    x1 = rng.normal(9.0, 6.0, n)
-    return np.stack([x1, rng.normal(0.0, np.exp(x1 / 4.0))], 1)
-
-
-def _warp(xy, sign):
-    r = jnp.linalg.norm(xy, axis=-1)
-    a = sign * r / 2
-    c, s = jnp.cos(a), jnp.sin(a)
-    return jnp.stack([c * xy[..., 0] - s * xy[..., 1], s * xy[..., 0] + c * xy[..., 1]], -1), r
-
-
-def warped_gaussian():
-    v, r = _warp(_flat2(), 1.0)
-    numpyro.factor("log_p", -0.5 * v[0] ** 2 - 0.5 * (v[1] / 0.12) ** 2 + jnp.log(r))
-
-
-def warped_gaussian_exact(rng, n):
-    # in the rotated coordinates v = (x0, y0) the density is N(0, diag(1, 0.12^2)) x |v|
-    # (rotation by r / 2 keeps r and area): rejection with bound |v| <= 6 (P(|v| > 6) < 1e-8)
-    out = []
-    while sum(len(o) for o in out) < n:
-        v = rng.normal(size=(4 * n, 2)) * [1.0, 0.12]
-        keep = rng.uniform(0, 6, 4 * n) < np.linalg.norm(v, axis=1)
-        out.append(v[keep])
-    v = np.concatenate(out)[:n]
-    return np.asarray(_warp(jnp.asarray(v), -1.0)[0])
-
-
-# the authors' leapfrog counts L (their code's settings per target)
+# the targets live in numpyro_gflow.datasets.models; the authors' leapfrog counts L (their
+# code's settings per target)
 TARGETS = {
     "banana": (banana, banana_exact, 50),
     "cross": (cross, cross_exact, 60),

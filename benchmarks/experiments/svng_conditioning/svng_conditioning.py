@@ -41,12 +41,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import optax
 from numpyro.infer import MCMC, NUTS
 
 import numpyro_gflow as gf
+from numpyro_gflow.datasets.models import correlated_logistic_data, correlated_logistic_model
 from numpyro_gflow.diagnostics import energy_distance
 from numpyro_gflow.core.kernels import IMQKernel
 
@@ -57,20 +56,8 @@ MEAN_TARGET = 0.2      # Mahalanobis error of the particle mean, in posterior sd
 OUT = Path(__file__).with_name("SVNG_CONDITIONING.md")
 
 
-def make_data(seed: int = 0, n: int = N_DATA, d: int = DIM, rho: float = RHO):
-    """Correlated-feature logistic-regression data (float32 X, int32 y)."""
-    rng = np.random.default_rng(seed)
-    corr = rho ** np.abs(np.subtract.outer(np.arange(d), np.arange(d)))
-    X = rng.standard_normal((n, d)) @ np.linalg.cholesky(corr).T
-    w_true = rng.standard_normal(d)
-    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-X @ w_true))).astype(np.int32)
-    return jnp.asarray(X, jnp.float32), jnp.asarray(y)
-
-
-def model(X, y=None):
-    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
-    with numpyro.plate("data", X.shape[0]):
-        numpyro.sample("obs", dist.Bernoulli(logits=X @ w), obs=y)
+make_data = correlated_logistic_data    # numpyro_gflow.datasets.models (defaults as above)
+model = correlated_logistic_model
 
 
 def nuts_reference(X, y, num_samples: int = 20_000, seed: int = 1) -> np.ndarray:
