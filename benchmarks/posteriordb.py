@@ -1,0 +1,419 @@
+"""Accuracy on real posteriors: every engine with its defaults on the 13 posteriordb posteriors.
+
+    python -m benchmarks.posteriordb [--posteriors a,b] [--engines x,y] [--steps N]
+        [--timeout S] [--out DIR] [--render-only]
+
+Each (posterior, engine) fit runs in a fresh Python process (``--one``), as a user's first
+call does: construction, ``run`` and the draws, compilation included, limited to ``--timeout``
+seconds (a fit that takes longer is a row with the timeout as its error). The posteriors are
+`numpyro_gflow.datasets.posteriordb`'s (NumPyro translations checked by NUTS against
+posteriordb's reference draws); the reference is posteriordb's 10,000 draws.
+
+Engines, each with its constructor defaults and ``--steps`` steps (default 2000, the step count
+of the benchmark suite):
+
+* every engine class that ``numpyro_gflow`` exports (``SVGD``, ``CoinSVGD``, ``KSDD``,
+  ``CoinKSDD``, ``CoinLAWGD``, ``MSVGD``, ``SVMD``, ``CoinMSVGD``, ``SVNG``,
+  ``IsoGaussianMixtureVI``, ``FBGVI``, ``MixFlow``) plus the documented options
+  ``FBGVI-stochastic``, ``IsoMix-adaptive`` and ``MixFlow-fullrank``;
+* ``NUTS`` (NumPyro, one chain, 1000 warmup + 1000 draws), ``SVI-AutoNormal`` and
+  ``SVI-AutoMVN`` (NumPyro SVI, Adam(0.01), 5000 steps, one ELBO particle) and
+  ``Pathfinder`` (BlackJAX's single-path Pathfinder from NumPyro's uniform start; skipped when
+  BlackJAX is not installed: ``pip install -e '.[bench]'``).
+
+Per fit: ``max_mean_err`` = max over scalar parameters of |mean - ref mean| / ref sd;
+``max_sd_err`` = max of |sd / ref sd - 1|; ``energy``: the energy distance to 2000 reference
+draws (each coordinate scaled by the reference sd) and ``baseline``, what as many exact
+reference draws get (the other 8000); ``wall_s`` (the first call, compilation included) and
+``compile_s`` (JAX's tracing and compiling within it, from ``jax.monitoring``); gradient
+evaluations where the engine counts them; for a failure, the error message.
+
+Outputs in ``--out`` (default ``benchmarks/results/posteriordb``): ``results.json`` (one
+record per fit), then ``docs/posteriordb.md`` (the docs page "Accuracy on real posteriors":
+the table, what "within NUTS accuracy" means, the per-engine summary) and
+``docs/posteriordb.png`` (engines x posteriors, colour = max mean error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "posteriordb"
+DOC_PAGE = ROOT / "docs" / "posteriordb.md"
+DOC_PLOT = ROOT / "docs" / "posteriordb.png"
+
+#: draws taken from engines that fit a density, from SVI guides, Pathfinder and NUTS
+NUM_DRAWS = 1000
+#: reference draws the energy distance compares against (a fixed subset of the 10,000)
+ENERGY_REFERENCE = 2000
+#: what posteriordb calls NUTS-level accuracy (its README): every mean within 0.1 reference
+#: sd and every sd within 10 %
+MEAN_OK, SD_OK = 0.1, 0.1
+
+#: gflow rows: name -> (exported class name, constructor options beyond the defaults)
+GFLOW = {
+    "SVGD": ("SVGD", {}),
+    "CoinSVGD": ("CoinSVGD", {}),
+    "KSDD": ("KSDD", {}),
+    "CoinKSDD": ("CoinKSDD", {}),
+    "CoinLAWGD": ("CoinLAWGD", {}),
+    "MSVGD": ("MSVGD", {}),
+    "SVMD": ("SVMD", {}),
+    "CoinMSVGD": ("CoinMSVGD", {}),
+    "SVNG": ("SVNG", {}),
+    "IsoGaussianMixtureVI": ("IsoGaussianMixtureVI", {}),
+    "IsoMix-adaptive": ("IsoGaussianMixtureVI", {"preconditioner": "adaptive"}),
+    "FBGVI": ("FBGVI", {}),
+    "FBGVI-stochastic": ("FBGVI", {"stochastic": True}),
+    "MixFlow": ("MixFlow", {}),
+    "MixFlow-fullrank": ("MixFlow", {"reference": "fullrank"}),
+}
+BASELINES = ("NUTS", "SVI-AutoNormal", "SVI-AutoMVN", "Pathfinder")
+ENGINES = tuple(GFLOW) + BASELINES
+
+
+# ----------------------------------------------------------------------------- one fit
+def _fit(engine: str, post, steps: int, key):
+    """(samples site -> (n, ...), grad_evals or None, note) of one engine on one posterior."""
+    import jax
+
+    if engine in GFLOW:
+        import numpyro_gflow as gf
+        from numpyro_gflow.engines.base import DensityEngine
+
+        cls_name, opts = GFLOW[engine]
+        eng = getattr(gf, cls_name)(post.model, **opts)
+        res = eng.run(key, steps, *post.args, progress_bar=False, **post.kwargs)
+        if isinstance(eng, DensityEngine):
+            samples = res.get_samples(NUM_DRAWS, jax.random.fold_in(key, 1))
+        else:
+            samples = res.get_samples()
+        grads = (res.stats or {}).get("grad_evals")
+        if grads is None and not isinstance(eng, DensityEngine):
+            grads = res.num_samples * steps
+        return samples, grads, ""
+    if engine == "NUTS":
+        from numpyro.infer import MCMC, NUTS
+
+        mcmc = MCMC(NUTS(post.model), num_warmup=1000, num_samples=NUM_DRAWS,
+                    progress_bar=False)
+        mcmc.run(key, *post.args, extra_fields=("num_steps", "diverging"), **post.kwargs)
+        extra = mcmc.get_extra_fields()
+        note = f"{int(extra['diverging'].sum())} divergences (sampling)"
+        return mcmc.get_samples(), int(extra["num_steps"].sum()), note
+    if engine.startswith("SVI-"):
+        import numpyro
+        from numpyro.infer import SVI, Trace_ELBO, autoguide
+
+        guide = getattr(autoguide, "AutoNormal" if engine == "SVI-AutoNormal"
+                        else "AutoMultivariateNormal")(post.model)
+        svi = SVI(post.model, guide, numpyro.optim.Adam(0.01), Trace_ELBO())
+        res = svi.run(key, 5000, *post.args, progress_bar=False, **post.kwargs)
+        if not all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(res.params)):
+            raise FloatingPointError("SVI parameters became non-finite")
+        samples = guide.sample_posterior(jax.random.fold_in(key, 1), res.params, *post.args,
+                                         sample_shape=(NUM_DRAWS,), **post.kwargs)
+        return samples, 5000, f"final loss {float(np.mean(np.asarray(res.losses)[-100:])):.4g}"
+    if engine == "Pathfinder":
+        try:
+            import blackjax
+        except ImportError as e:
+            raise ImportError("BlackJAX is not installed (pip install -e '.[bench]')") from e
+        from jax.flatten_util import ravel_pytree
+        from numpyro.infer.util import initialize_model
+
+        init_key, fit_key, draw_key = jax.random.split(key, 3)
+        info, potential_fn, postprocess_fn, _ = initialize_model(
+            init_key, post.model, model_args=post.args, model_kwargs=post.kwargs,
+            dynamic_args=False)
+        flat0, unravel = ravel_pytree(info.z)
+
+        def logdensity(x):
+            return -potential_fn(unravel(x))
+
+        state, _ = jax.jit(lambda k, x: blackjax.vi.pathfinder.approximate(k, logdensity, x))(
+            fit_key, flat0)
+        draws = blackjax.vi.pathfinder.sample(draw_key, state, NUM_DRAWS)
+        draws = draws[0] if isinstance(draws, tuple) else draws
+        samples = jax.vmap(lambda x: postprocess_fn(unravel(x)))(draws)
+        return samples, None, "single path, BlackJAX defaults"
+    raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+
+
+def run_one(posterior: str, engine: str, steps: int, seed: int = 0) -> dict:
+    """Fit, time and score one engine on one posterior (in this process)."""
+    t0 = time.perf_counter()
+    import jax
+    from jax import monitoring
+
+    from numpyro_gflow.datasets import posteriordb
+
+    compile_s = [0.0]
+    events = ("/jax/core/compile/jaxpr_trace_duration",
+              "/jax/core/compile/jaxpr_to_mlir_module_duration",
+              "/jax/core/compile/backend_compile_duration")
+
+    def listen(event, duration, **kwargs):
+        if event in events:
+            compile_s[0] += duration
+
+    monitoring.register_event_duration_secs_listener(listen)
+    post = posteriordb.load(posterior)
+    row = {"posterior": posterior, "engine": engine, "steps": steps, "seed": seed,
+           "import_s": time.perf_counter() - t0}
+    t1 = time.perf_counter()
+    try:
+        samples, grads, note = _fit(engine, post, steps, jax.random.key(seed))
+        samples = jax.block_until_ready(samples)
+        row.update(wall_s=time.perf_counter() - t1, compile_s=compile_s[0], grad_evals=grads,
+                   note=note)
+        row.update(score(post, samples))
+    except Exception as e:  # a failing engine is a row, not a crash
+        row.update(wall_s=time.perf_counter() - t1, compile_s=compile_s[0],
+                   error=f"{type(e).__name__}: {e}".replace("\n", " ")[:400])
+        if os.environ.get("BENCH_TRACEBACK"):
+            traceback.print_exc()
+    return row
+
+
+def score(post, samples) -> dict:
+    from numpyro_gflow.diagnostics import energy_distance
+
+    flat = post.flatten(samples)
+    x = np.stack([np.asarray(flat[k], np.float64) for k in post.reference], axis=-1)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise FloatingPointError(f"{int(bad.sum())} of {x.shape[0]} draws are non-finite")
+    err = post.errors(samples)
+    ref = np.stack([np.asarray(v, np.float64) for v in post.reference.values()], axis=-1)
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(ref.shape[0])
+    compare, pool = ref[perm[:ENERGY_REFERENCE]], ref[perm[ENERGY_REFERENCE:]]
+    sd = ref.std(axis=0)
+    n = min(x.shape[0], pool.shape[0])
+    energy = energy_distance(x / sd, compare / sd, scale_by=None)
+    baseline = energy_distance(pool[:n] / sd, compare / sd, scale_by=None)
+    worst = int(np.argmax(err["mean_err"]))
+    return {"draws": int(x.shape[0]), "max_mean_err": err["max_mean_err"],
+            "max_sd_err": err["max_sd_err"], "worst_parameter": err["names"][worst],
+            "mean_err": dict(zip(err["names"], map(float, err["mean_err"]))),
+            "sd_err": dict(zip(err["names"], map(float, err["sd_err"]))),
+            "energy": float(energy), "energy_baseline": float(baseline)}
+
+
+# ----------------------------------------------------------------------------- the table
+def run_all(posteriors, engines, steps, timeout, out: Path) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    done = {(r["posterior"], r["engine"]) for r in rows}
+    for p in posteriors:
+        for e in engines:
+            if (p, e) in done:
+                continue
+            t0 = time.perf_counter()
+            cmd = [sys.executable, "-m", "benchmarks.posteriordb", "--one", p, e,
+                   "--steps", str(steps)]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                      cwd=ROOT)
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                if lines:
+                    row = json.loads(lines[-1])
+                else:
+                    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                    row = {"posterior": p, "engine": e, "steps": steps,
+                           "wall_s": time.perf_counter() - t0,
+                           "error": f"process exited {proc.returncode}: {tail}"[:400]}
+            except subprocess.TimeoutExpired:
+                row = {"posterior": p, "engine": e, "steps": steps, "wall_s": float(timeout),
+                       "error": f"timeout: not finished after {timeout} s"}
+            rows.append(row)
+            path.write_text(json.dumps(rows, indent=1))
+            status = row.get("error") or (f"mean {row['max_mean_err']:.2f} "
+                                          f"sd {row['max_sd_err']:.2f}")
+            print(f"{p:42s} {e:22s} {row.get('wall_s', 0):7.1f}s  {status[:110]}", flush=True)
+    return rows
+
+
+def _short(name: str) -> str:
+    return name.split("-")[0] if name.split("-")[0] != "eight_schools" else "eight_schools"
+
+
+def _cell(r) -> str:
+    if r.get("error"):
+        return "fail"
+    return f"{r['max_mean_err']:.2f} / {r['max_sd_err']:.2f}"
+
+
+def within(r) -> bool:
+    return (not r.get("error") and r["max_mean_err"] <= MEAN_OK and r["max_sd_err"] <= SD_OK)
+
+
+def render(rows: list[dict], header: dict) -> str:
+    posteriors = sorted({r["posterior"] for r in rows})
+    engines = [e for e in ENGINES if any(r["engine"] == e for r in rows)]
+    by = {(r["posterior"], r["engine"]): r for r in rows}
+    lines = ["# Accuracy on real posteriors", "",
+             "Every engine with its defaults on the 13 posteriors of posteriordb that Stan's "
+             "Pathfinder paper used (NumPyro translations in `numpyro_gflow.datasets.posteriordb`, "
+             "each checked by NUTS against posteriordb's 10,000 reference draws). Regenerate "
+             "with `python -m benchmarks.posteriordb` (`make bench` runs it).", ""]
+    lines += [f"- {k}: {v}" for k, v in header.items()]
+    lines += ["", "Each cell: **max |mean error|** in reference sds / **max |sd / ref sd - 1|**, "
+              "over the posterior's scalar parameters; **bold** = within what posteriordb calls "
+              f"NUTS accuracy (every mean within {MEAN_OK} sd and every sd within "
+              f"{int(SD_OK * 100)} %); `fail` = the run raised (message below).", ""]
+    head = "| engine | " + " | ".join(_short(p) for p in posteriors) + " | within |"
+    lines += [head, "|---|" + "---:|" * len(posteriors) + "---:|"]
+    for e in engines:
+        cells, ok = [], 0
+        for p in posteriors:
+            r = by.get((p, e))
+            if r is None:
+                cells.append("")
+                continue
+            c = _cell(r)
+            if within(r):
+                ok += 1
+                c = f"**{c}**"
+            cells.append(c)
+        lines.append(f"| {e} | " + " | ".join(cells) + f" | {ok} |")
+    lines += ["", "## Wall time and work", "",
+              "Seconds of the first call (fresh process: construction, run and draws, "
+              "compilation included) / gradient evaluations of the model's log density.", "",
+              head.replace(" within |", ""), "|---|" + "---:|" * len(posteriors)]
+    for e in engines:
+        cells = []
+        for p in posteriors:
+            r = by.get((p, e))
+            if r is None:
+                cells.append("")
+            else:
+                g = r.get("grad_evals")
+                cells.append(f"{r.get('wall_s', float('nan')):.0f} s"
+                             + (f" / {_si(g)}" if g else ""))
+        lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    lines += ["", "## Energy distance", "",
+              "Energy distance to 2000 reference draws (coordinates in reference sds); in "
+              "brackets what as many exact reference draws get.", "",
+              head.replace(" within |", ""), "|---|" + "---:|" * len(posteriors)]
+    for e in engines:
+        cells = []
+        for p in posteriors:
+            r = by.get((p, e))
+            cells.append("" if r is None or r.get("error") else
+                         f"{r['energy']:.3g} ({r['energy_baseline']:.2g})")
+        lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    lines += ["", "## Failures", ""]
+    fails = [r for r in rows if r.get("error")]
+    if not fails:
+        lines.append("None.")
+    for r in fails:
+        lines.append(f"- {r['engine']} on {r['posterior']}: `{r['error'][:300]}`")
+    return "\n".join(lines) + "\n"
+
+
+def _si(n) -> str:
+    n = float(n)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    posteriors = sorted({r["posterior"] for r in rows})
+    engines = [e for e in ENGINES if any(r["engine"] == e for r in rows)]
+    by = {(r["posterior"], r["engine"]): r for r in rows}
+    grid = np.full((len(engines), len(posteriors)), np.nan)
+    for i, e in enumerate(engines):
+        for j, p in enumerate(posteriors):
+            r = by.get((p, e))
+            if r is not None and not r.get("error"):
+                grid[i, j] = max(r["max_mean_err"], 1e-3)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(posteriors), 0.9 + 0.38 * len(engines)))
+    cmap = matplotlib.colormaps["RdYlGn_r"].copy()
+    cmap.set_bad("0.25")
+    im = ax.imshow(grid, cmap=cmap, norm=LogNorm(vmin=0.01, vmax=10.0), aspect="auto")
+    for i in range(len(engines)):
+        for j in range(len(posteriors)):
+            v = grid[i, j]
+            ax.text(j, i, "fail" if math.isnan(v) else f"{v:.2g}", ha="center", va="center",
+                    fontsize=7, color="white" if math.isnan(v) or v > 3 else "black")
+    ax.set_xticks(range(len(posteriors)), [_short(p) for p in posteriors], rotation=45,
+                  ha="right", fontsize=8)
+    ax.set_yticks(range(len(engines)), engines, fontsize=8)
+    fig.colorbar(im, ax=ax, label="max |mean error| (reference sds)")
+    ax.set_title("Engines with their defaults on posteriordb (grey: failed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def header_info(steps: int, timeout: int) -> dict:
+    import platform
+
+    import jax
+    import numpyro
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip()
+    return {
+        "run": time.strftime("%Y-%m-%d %H:%M") + f", commit {commit}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, JAX {jax.__version__} "
+                   f"({jax.default_backend()}), NumPyro {numpyro.__version__}, float32",
+        "settings": f"gflow engines {steps} steps with their constructor defaults; "
+                    f"{NUM_DRAWS} draws from fitted densities; each fit in a fresh process, "
+                    f"at most {timeout} s",
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--posteriors", default="")
+    ap.add_argument("--engines", default="")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--no-docs", action="store_true", help="do not write docs/posteriordb.*")
+    ap.add_argument("--one", nargs=2, metavar=("POSTERIOR", "ENGINE"))
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(*args.one, steps=args.steps)), flush=True)
+        return
+    from numpyro_gflow.datasets import posteriordb
+
+    posteriors = args.posteriors.split(",") if args.posteriors else list(posteriordb.NAMES)
+    engines = args.engines.split(",") if args.engines else list(ENGINES)
+    out = Path(args.out)
+    if args.render_only:
+        rows = json.loads((out / "results.json").read_text())
+    else:
+        rows = run_all(posteriors, engines, args.steps, args.timeout, out)
+    if not args.no_docs:
+        DOC_PAGE.write_text(render(rows, header_info(args.steps, args.timeout)))
+        plot(rows, DOC_PLOT)
+        print(f"wrote {DOC_PAGE} and {DOC_PLOT}")
+
+
+if __name__ == "__main__":
+    main()
