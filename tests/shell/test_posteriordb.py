@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from numpyro import handlers
 from numpyro.infer import MCMC, NUTS
-from numpyro.infer.initialization import init_to_median, init_to_uniform
+from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_gflow.datasets import posteriordb
 
@@ -72,12 +72,8 @@ def test_nuts_matches_reference(name):
     (robust to the tails): within 0.1 reference sd or 4 SE of the batch medians; for
     `HEAVY_TAILED` parameters the 10-90 % quantiles replace the sd."""
     post = posteriordb.load(name)
-    # chains start at the prior median (init_to_median; init_to_uniform for the flat priors):
-    # from NumPyro's default uniform start one chain in four on arma11 (key 0) sticks at phi =
-    # 1.26, theta = 1.08, sigma = 9.7 (a non-invertible, explosive corner) with every step
-    # divergent -- a sampler failure, not a translation error
-    mcmc = MCMC(NUTS(post.model, init_strategy=init_to_median), num_warmup=1000,
-                num_samples=1000, num_chains=4, chain_method="sequential", progress_bar=False)
+    mcmc = MCMC(NUTS(post.model), num_warmup=1000, num_samples=1000, num_chains=4,
+                chain_method="sequential", progress_bar=False)
     mcmc.run(jax.random.key(0), *post.args, **post.kwargs)
     draws = post.flatten(mcmc.get_samples())
     for key, ref in post.reference.items():
