@@ -65,11 +65,13 @@ $(BENCH_STAMP): $(STAMP)
 	@touch $(BENCH_STAMP)
 
 # every engine vs NUTS / SVI / NumPyro SteinVI on the model set (writes benchmarks/results/);
+# every engine's defaults on the 13 posteriordb posteriors (docs/posteriordb.md and .png);
 # then scaling: steps/s and peak memory vs particles and data rows against NumPyro SteinVI and
 # BlackJAX (benchmarks/experiments/scale/: SCALE.md, scale.png), and one blocked step's memory
 # at 20,000 particles for SVGD and KSD descent (benchmarks/experiments/scale_memory/SCALE_MEMORY*.md)
 bench: $(BENCH_STAMP)
 	$(VPY) -m benchmarks.run
+	$(VPY) -m benchmarks.posteriordb
 	$(VPY) benchmarks/experiments/scale/scale.py
 	$(VPY) benchmarks/experiments/scale_memory/scale_memory.py
 	$(VPY) benchmarks/experiments/scale_memory/scale_memory.py ksdd

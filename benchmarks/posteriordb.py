@@ -15,7 +15,7 @@ of the benchmark suite):
 * every engine class that ``numpyro_gflow`` exports (``SVGD``, ``CoinSVGD``, ``KSDD``,
   ``CoinKSDD``, ``CoinLAWGD``, ``MSVGD``, ``SVMD``, ``CoinMSVGD``, ``SVNG``,
   ``IsoGaussianMixtureVI``, ``FBGVI``, ``MixFlow``) plus the documented options
-  ``FBGVI-stochastic``, ``IsoMix-adaptive`` and ``MixFlow-fullrank``;
+  ``FBGVI-stochastic``, ``IsoMix-adaptive`` and ``MixFlow-meanfield`` (the paper's reference);
 * ``NUTS`` (NumPyro, one chain, 1000 warmup + 1000 draws), ``SVI-AutoNormal`` and
   ``SVI-AutoMVN`` (NumPyro SVI, Adam(0.01), 5000 steps, one ELBO particle) and
   ``Pathfinder`` (BlackJAX's single-path Pathfinder from NumPyro's uniform start; skipped when
@@ -77,7 +77,7 @@ GFLOW = {
     "FBGVI": ("FBGVI", {}),
     "FBGVI-stochastic": ("FBGVI", {"stochastic": True}),
     "MixFlow": ("MixFlow", {}),
-    "MixFlow-fullrank": ("MixFlow", {"reference": "fullrank"}),
+    "MixFlow-meanfield": ("MixFlow", {"reference": "meanfield"}),
 }
 BASELINES = ("NUTS", "SVI-AutoNormal", "SVI-AutoMVN", "Pathfinder")
 ENGINES = tuple(GFLOW) + BASELINES

@@ -227,7 +227,7 @@ acc = {
 }
 print("posterior predictive accuracy on the training data: "
       + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
-num_params, num_draws_fb = res.state.mean.shape[0], res.state.draws.shape[0]
+num_params, num_draws_fb = res.state.mean.shape[0], res.state.core.draws.shape[0]
 fb_grads = 200 + FBGVI_STEPS * num_draws_fb                       # MAP climb + one per draw
 fb_hvps = num_params + 132 + FBGVI_STEPS * num_draws_fb * num_params   # curvature + Hessians
 print(f"work: FB-GVI {fb_grads:,} gradients + {fb_hvps:,} Hessian-vector products; "

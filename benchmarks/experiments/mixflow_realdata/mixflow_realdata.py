@@ -46,10 +46,10 @@ from numpyro_gflow.datasets.models import diabetes_log_evidence, diabetes_regres
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = (
-    dict(flow_length=300, num_leapfrog=20, step_size_rule="elbo"),
+    dict(flow_length=300, num_leapfrog=20, step_size_rule="elbo", reference="meanfield"),
     dict(flow_length=100, num_leapfrog=20, step_size_rule="elbo", reference="fullrank"),
     dict(flow_length=300, num_leapfrog=20, step_size_rule="elbo", reference="fullrank"),
-    dict(flow_length=1000, num_leapfrog=20),
+    dict(flow_length=1000, num_leapfrog=20, reference="meanfield"),
 )
 GUIDES = (AutoIAFNormal, AutoBNAFNormal, AutoMultivariateNormal)
 

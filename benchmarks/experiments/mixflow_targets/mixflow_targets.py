@@ -123,6 +123,7 @@ def elbo_rows(name, flow_lengths=(100, 500, 1000), seed=0, reference_steps=5000)
     rows = []
     for n in flow_lengths:
         res = gf.MixFlow(model, flow_length=n, num_leapfrog=num_leapfrog, step_size_rule="elbo",
+                         reference="meanfield",
                          num_draws=256).run(jax.random.key(seed), reference_steps,
                                             progress_bar=False)
         s = res.stats
@@ -149,6 +150,7 @@ def run_target(name, draws, flow_length, seed=0, reference_steps=5000):
 
     t = time.perf_counter()
     res = gf.MixFlow(model, flow_length=flow_length, num_leapfrog=num_leapfrog,
+                     reference="meanfield",
                      num_draws=draws).run(key, reference_steps, progress_bar=False)
     x_mf = _as_matrix(res.get_samples())
     mf_s = time.perf_counter() - t
