@@ -5,6 +5,31 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
+import background
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "background(job): the test's child process is the named "
+                            "job of tests/background.py, started early on a worker thread")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _background_jobs(request, tmp_path_factory):
+    # the selected tests' child processes, in the order the tests run (tests/background.py)
+    names = [m.args[0] for item in request.session.items
+             for m in item.iter_markers("background")]
+    background.WORKER.start(names, tmp_path_factory)
+    yield
+    background.WORKER.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = background.summary_lines()
+    if lines:
+        terminalreporter.write_sep("-", "child processes (tests/background.py)")
+        for line in lines:
+            terminalreporter.write_line(line)
+
 
 def linreg_model(X, y=None):
     w = numpyro.sample("w", dist.Normal(0, 1).expand([X.shape[1]]).to_event(1))

@@ -1,5 +1,7 @@
 """Checkpoint and resume, non-finite runs that stop at the right step, Ctrl-C mid-run."""
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from numpyro.distributions import constraints
 
 import numpyro_gflow as gf
+import background
 from support import SMALL_ENGINES, gaussian2
 
 
@@ -138,15 +141,18 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def test_keyboard_interrupt_returns_the_state_reached():
+# (a job of tests/background.py: started early, it runs while the in-process tests do)
+INTERRUPT_JOB = background.job("Ctrl-C mid-run", [sys.executable, "-c", _INTERRUPT_CHILD],
+                               timeout=600)
+
+
+@pytest.mark.background(INTERRUPT_JOB)
+def test_keyboard_interrupt_returns_the_state_reached(tmp_path):
     # Ctrl-C in a child process (the test never signals the pytest process): the run returns
     # the state at the end of the last finished chunk, with a status saying so
     import json
-    import subprocess
-    import sys
 
-    proc = subprocess.run([sys.executable, "-c", _INTERRUPT_CHILD], capture_output=True,
-                          text=True, timeout=600)
+    proc = background.result(INTERRUPT_JOB, tmp_path).proc
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     out = json.loads(line[len("RESULT "):])

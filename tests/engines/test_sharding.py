@@ -1,9 +1,15 @@
 """Particles split across devices: 4 CPU devices (XLA's forced host device count, set in a
-subprocess since it must precede JAX's start) give the same particles as one device."""
+subprocess since it must precede JAX's start) give the same particles as one device.
 
-import subprocess
+The subprocesses are jobs of tests/background.py: started early, they run while the in-process
+tests do, and each test asserts on its job's output."""
+
 import sys
 import textwrap
+
+import pytest
+
+import background
 
 CODE = textwrap.dedent("""
     import os
@@ -39,8 +45,13 @@ CODE = textwrap.dedent("""
 """)
 
 
-def test_four_devices_match_one_device():
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=600)
+PARTICLES_JOB = background.job("sharding: particles on 4 devices", [sys.executable, "-c", CODE],
+                               timeout=600)
+
+
+@pytest.mark.background(PARTICLES_JOB)
+def test_four_devices_match_one_device(tmp_path):
+    out = background.result(PARTICLES_JOB, tmp_path).proc
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {}
     for line in out.stdout.splitlines():
@@ -106,9 +117,13 @@ DATA_CODE = textwrap.dedent("""
 """)
 
 
-def test_data_sharded_over_four_devices_matches_one_device():
-    out = subprocess.run([sys.executable, "-c", DATA_CODE], capture_output=True, text=True,
-                         timeout=600)
+DATA_JOB = background.job("sharding: data rows on 4 devices", [sys.executable, "-c", DATA_CODE],
+                          timeout=600)
+
+
+@pytest.mark.background(DATA_JOB)
+def test_data_sharded_over_four_devices_matches_one_device(tmp_path):
+    out = background.result(DATA_JOB, tmp_path).proc
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {}
     for line in out.stdout.splitlines():

@@ -5,11 +5,12 @@ or a broken link between pages fails CI instead of the next docs deploy.
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import background
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,13 +19,20 @@ pytest.importorskip("mkdocstrings_handlers.python",
                     reason="docs extras not installed (pip install -e '.[docs]')")
 
 
-def test_docs_build_strict(tmp_path):
-    site = tmp_path / "site"
+def _build(workdir):
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )
+    return ([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(workdir / "site")],
+            {"cwd": ROOT, "env": env})
+
+
+# (a job of tests/background.py: started early, it runs while the in-process tests do)
+BUILD_JOB = background.job("docs: mkdocs build --strict", _build, timeout=120)
+
+
+@pytest.mark.background(BUILD_JOB)
+def test_docs_build_strict(tmp_path):
+    done = background.result(BUILD_JOB, tmp_path)
+    proc, site = done.proc, done.workdir / "site"
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert (site / "index.html").exists()
     assert (site / "api" / "engines" / "index.html").exists()

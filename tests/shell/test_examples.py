@@ -1,32 +1,51 @@
 """CI executes the example notebooks (jupytext percent scripts) end to end.
 
 In the small-steps setting (``GFLOW_EXAMPLE_SMOKE=1``: few SVGD steps, short NUTS runs), so the
-whole file runs in well under a minute; run a script by hand for the full setting.
+whole file runs in well under a minute; run a script by hand for the full setting. Each script is
+a child process started early on the worker of tests/background.py (it runs while the
+in-process tests do); the test asserts on its outcome.
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import background
+
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.py"))
+
+
+def _figure_times(path):
+    return {p: p.stat().st_mtime_ns for p in path.parent.glob("*.png")}
+
+
+def _command(path):
+    def command(workdir):
+        # figures go to the temporary folder, never into examples/ (GFLOW_FIGURES_DIR)
+        env = dict(os.environ, MPLBACKEND="Agg", GFLOW_EXAMPLE_SMOKE="1",
+                   GFLOW_FIGURES_DIR=str(workdir))
+        return [sys.executable, str(path)], {"cwd": workdir, "env": env}
+    return command
+
+
+JOBS = {path: background.job(f"example {path.name}", _command(path), timeout=600,
+                             before=lambda p=path: _figure_times(p),
+                             after=lambda p=path: _figure_times(p))
+        for path in EXAMPLES}
 
 
 def test_there_are_examples():
     assert EXAMPLES
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.background(JOBS[p]))
+                                  for p in EXAMPLES], ids=lambda p: p.name)
 def test_example_runs(path, tmp_path):
-    # figures go to the temporary folder, never into examples/ (GFLOW_FIGURES_DIR)
-    env = dict(os.environ, MPLBACKEND="Agg", GFLOW_EXAMPLE_SMOKE="1",
-               GFLOW_FIGURES_DIR=str(tmp_path))
-    before = {p: p.stat().st_mtime_ns for p in path.parent.glob("*.png")}
-    proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = background.result(JOBS[path], tmp_path)
+    proc = done.proc
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip()
-    assert list(tmp_path.glob("*.png")), "the example wrote no figure"
-    assert {p: p.stat().st_mtime_ns for p in path.parent.glob("*.png")} == before
+    assert list(done.workdir.glob("*.png")), "the example wrote no figure"
+    assert done.after == done.before     # nothing in examples/ was written
