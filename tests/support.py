@@ -258,7 +258,8 @@ def run_target(name, draws, flow_length, seed=0, reference_steps=5000):
 
     t = time.perf_counter()
     res = gf.MixFlow(model, flow_length=flow_length, num_leapfrog=num_leapfrog,
-                     num_draws=draws).run(key, reference_steps, progress_bar=False)
+                     num_draws=draws, reference="meanfield").run(key, reference_steps,
+                                                                 progress_bar=False)
     x_mf = _as_matrix(res.get_samples())
     mf_s = time.perf_counter() - t
 

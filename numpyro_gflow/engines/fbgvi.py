@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_gflow._validate import positive_float_or, positive_int
-from numpyro_gflow.core.fbgvi import init, moment_matched_draws, step
-from numpyro_gflow.core.numerics import climb, curvature, smallest_curvature
+from numpyro_gflow.core.fbgvi import FBGVIState, init, moment_matched_draws, step
+from numpyro_gflow.core.numerics import (
+    Affine,
+    climb,
+    curvature,
+    best_laplace,
+    lower_factor,
+    smallest_curvature,
+    spread_starts,
+)
 from numpyro_gflow.engines.base import DensityEngine, Target
 from numpyro_gflow.result import InferenceResult
 
-__all__ = ["FBGVI"]
+__all__ = [
+    "FBGVI",
+    "FBGVIRunState",
+]
+
+#: extra starting points (uniform in (-2, 2), unconstrained) of the Laplace mode search, beside
+#: the init strategy's point; the highest mode wins (`numerics.best_laplace`)
+LAPLACE_STARTS = 7
+
+
+class FBGVIRunState(NamedTuple):
+    """FB-GVI's state in the engine's coordinates ``u`` (``z = coords.to_z(u)``): the core's
+    Gaussian ``N(core.mean, core.cov)`` in ``u`` and the affine map. ``mean`` and ``cov`` are
+    the Gaussian in NumPyro's unconstrained space."""
+
+    core: FBGVIState
+    coords: Affine
+
+    @property
+    def mean(self):
+        return self.coords.to_z(self.core.mean)
+
+    @property
+    def cov(self):
+        s = self.coords.scale
+        return s @ self.core.cov @ s.T
+
+    @property
+    def scale_tril(self):
+        """Lower Cholesky factor of ``cov``, formed without squaring the condition number."""
+        return lower_factor(self.coords.scale @ jnp.linalg.cholesky(self.core.cov))
 
 
 class FBGVI(DensityEngine):
@@ -38,61 +78,97 @@ class FBGVI(DensityEngine):
             the paper's; the ``"stein"`` Hessian needs more than d to be usable).
         hessian: ``"exact"`` (autodiff; d Hessian-vector products per draw) or ``"stein"``
             (first-order, gradients only: use it for large d).
+        precondition: ``"auto"`` (default): ``"laplace"`` for the deterministic variant,
+            ``None`` for the stochastic one. ``"laplace"``: start at the Laplace approximation
+            (mode by `numerics.best_laplace`: from the init strategy's point and 7 more uniform
+            in (-2, 2), ``map_steps`` Adam steps then Newton steps each, the highest mode wins;
+            covariance its
+            inverse Hessian, float32-safe by `numerics.whitening`) and run the iteration in its
+            whitened coordinates ``u = W^{-1}(z - mode)``. The Gaussian family and the KL
+            optimum are the same in any affine coordinates, so this changes the path, not the
+            answer: the step size is then set by the whitened curvature (~1), and a posterior
+            whose scales or correlations are far from 1 (an uncentred predictor: intercept and
+            slope at correlation 0.999) converges in tens of steps instead of never. ``None``:
+            the paper's iteration in NumPyro's unconstrained space, from the Adam climb's end
+            with the isotropic start covariance ``(d / tr H) I``. Why not ``"laplace"`` for
+            the stochastic variant: its O(1/k) schedule ``h / (1 + alpha h k)`` takes
+            ``alpha`` from the start's curvature, which whitening makes ~1, so the step decays
+            from the first steps and the fit stays near the Laplace approximation (measured on
+            eight schools, 2000 steps, 2 seeds: 0.62-0.65 NUTS sd off with it, 0.08-0.22
+            without; deterministic FB-GVI 0.11-0.12 with it, 0.07-0.15 without).
         map_steps: Adam steps (lr 0.05) toward the MAP before starting (default 200).
-        init_strategy: NumPyro init strategy for the starting mean.
+        init_strategy: NumPyro init strategy for the starting point.
 
-    The start covariance is isotropic, ``(d / tr H) I`` with ``H = -grad^2 log pi`` at the start
-    mean. The result has the fitted Gaussian as a NumPyro guide (params ``fbgvi_loc``,
+    The result has the fitted Gaussian as a NumPyro guide (params ``fbgvi_loc``,
     ``fbgvi_scale_tril``), fresh draws with ``get_samples(num_samples, rng_key)``, ``log_q``,
-    ``elbo``, and the per-step ELBO estimate in ``trace``.
+    ``elbo``, and the per-step ELBO estimate in ``trace``; ``result.state.mean`` / ``.cov`` are
+    the Gaussian in the unconstrained space (``result.state.core`` in the engine's coordinates).
     """
 
     objective = "elbo"
 
     def __init__(self, model, *, step_size="auto", stochastic: bool = False,
-                 num_mc_samples: int | None = None, hessian: str = "exact", map_steps: int = 200,
+                 num_mc_samples: int | None = None, hessian: str = "exact",
+                 precondition: str | None = "auto", map_steps: int = 200,
                  init_strategy=init_to_uniform):
         super().__init__(model, init_strategy=init_strategy)
         self.step_size = positive_float_or("step_size", step_size, ("auto",))
         if hessian not in ("exact", "stein"):
             raise ValueError(f"hessian must be 'exact' or 'stein', got {hessian!r}")
+        if precondition not in ("auto", "laplace", None):
+            raise ValueError(f"precondition must be 'auto', 'laplace' or None, got "
+                             f"{precondition!r}")
         if not isinstance(stochastic, bool):
             raise TypeError(f"stochastic must be a bool, got {type(stochastic).__name__}")
+        if precondition == "auto":
+            precondition = None if stochastic else "laplace"
         self.stochastic, self.hessian = stochastic, hessian
+        self.precondition = precondition
         self.num_mc_samples = (None if num_mc_samples is None
                                else positive_int("num_mc_samples", num_mc_samples, 1))
         self.map_steps = positive_int("map_steps", map_steps, 0)
 
     def _core_init(self, z, rng_key, target: Target):
-        log_p = target.log_density
-        particles = z
-        if self.map_steps:
-            particles = climb(log_p, particles, self.map_steps)
-        trace, top = curvature(log_p, particles, rng_key)
-        d = particles.shape[1]
-        var = jnp.where(trace[0] > 0, d / jnp.maximum(trace[0], 1e-12), 1.0)
+        d = z.shape[1]
+        if self.precondition == "laplace":
+            starts = spread_starts(z[0], jax.random.fold_in(rng_key, 11), LAPLACE_STARTS)
+            mode, whiten = best_laplace(target.log_density, starts, self.map_steps)
+            coords = Affine.of(mode, whiten)
+            start = jnp.zeros((1, d), z.dtype)
+        else:
+            coords = Affine.identity(d, z.dtype)
+            start = climb(target.log_density, z, self.map_steps) if self.map_steps else z
+        log_p = coords.log_p(target.log_density)
+        trace, top = curvature(log_p, start, rng_key)
+        if self.precondition == "laplace":
+            cov = jnp.eye(d, dtype=z.dtype)      # the Laplace covariance, in its own coordinates
+        else:
+            cov = jnp.where(trace[0] > 0, d / jnp.maximum(trace[0], 1e-12), 1.0) * jnp.eye(
+                d, dtype=z.dtype)
         h = 1.0 / jnp.maximum(top[0], 1e-6) if self.step_size == "auto" else self.step_size
         # the schedule's strong-convexity constant: the smallest curvature at the start mean
-        low = smallest_curvature(log_p, particles[0], top[0], jax.random.fold_in(rng_key, 3))
+        low = smallest_curvature(log_p, start[0], top[0], jax.random.fold_in(rng_key, 3))
         alpha = jnp.where(low > 0, low, jnp.where(trace[0] > 0, trace[0] / d, 1.0))
         B = self.num_mc_samples or (1 if self.stochastic else 100)
         if self.stochastic:
-            draws = jnp.zeros((B, d), particles.dtype)    # only the shape is used
+            draws = jnp.zeros((B, d), z.dtype)    # only the shape is used
         else:
-            draws = moment_matched_draws(jax.random.fold_in(rng_key, 7), B, d).astype(
-                particles.dtype)
-        return init(particles[0], var * jnp.eye(d, dtype=particles.dtype), h, alpha, draws, rng_key)
+            draws = moment_matched_draws(jax.random.fold_in(rng_key, 7), B, d).astype(z.dtype)
+        return FBGVIRunState(init(start[0], cov, h, alpha, draws, rng_key), coords)
 
     def _core_step(self, state, target):
-        return step(state, target.score_fn(), target.hvp_fn(), self.hessian, self.stochastic,
-                    local_cap=self.step_size == "auto")
+        coords = state.coords
+        core, info = step(state.core, coords.score_fn(target.score_fn()),
+                          coords.hvp_fn(target.hvp_fn()), self.hessian, self.stochastic,
+                          local_cap=self.step_size == "auto")
+        # the ELBO in z: the entropy of q_z is that of q_u plus log |det scale|
+        return state._replace(core=core), info._replace(elbo=info.elbo + coords.log_det)
 
     def _points(self, state):
         return state.mean[None]
 
     def _result(self, state, info, target, rng_key) -> InferenceResult:
-        loc, cov = state.mean, state.cov
-        scale_tril = jnp.linalg.cholesky(cov)
+        loc, scale_tril = state.mean, state.scale_tril
         q = dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
         def sampler(key, num_samples):

@@ -39,8 +39,8 @@ PARAMS_FULL = mf.MixFlowParams(PARAMS.loc, jnp.diagonal(_L), jnp.array([0.03, 0.
 @pytest.fixture(scope="module")
 def banana_fit():
     # the paper's step-size criterion (best ELBO over the grid)
-    return gf.MixFlow(banana, flow_length=50, num_leapfrog=10, step_size_rule="elbo").run(
-        jax.random.key(0), 3000, progress_bar=False)
+    return gf.MixFlow(banana, reference="meanfield", flow_length=50, num_leapfrog=10,
+                      step_size_rule="elbo").run(jax.random.key(0), 3000, progress_bar=False)
 
 
 def test_laplace_cdf_and_inverse():
@@ -217,8 +217,8 @@ def test_engine_outputs(banana_fit):
     attrs = dt["trace"].attrs
     assert (attrs["inversion_error"] == res.stats["inversion_error"]
             and attrs["elbo"] == res.stats["elbo"])
-    again = gf.MixFlow(banana, flow_length=50, num_leapfrog=10, step_size_rule="elbo").run(
-        jax.random.key(0), 3000, progress_bar=False)
+    again = gf.MixFlow(banana, reference="meanfield", flow_length=50, num_leapfrog=10,
+                       step_size_rule="elbo").run(jax.random.key(0), 3000, progress_bar=False)
     np.testing.assert_array_equal(np.asarray(again.unconstrained), np.asarray(res.unconstrained))
 
 
@@ -227,8 +227,8 @@ def test_acceptance_rule_gives_posterior_draws():
     # the exact sd); the reference alone is far off, so a flow that does not move fails
     from numpyro_gflow.diagnostics import energy_distance
 
-    res = gf.MixFlow(banana, flow_length=200, num_leapfrog=50, num_draws=1000).run(
-        jax.random.key(0), 3000, progress_bar=False)
+    res = gf.MixFlow(banana, reference="meanfield", flow_length=200, num_leapfrog=50,
+                     num_draws=1000).run(jax.random.key(0), 3000, progress_bar=False)
     rng = np.random.default_rng(0)
     x1 = rng.normal(0, 10, 1000)
     exact = np.stack([x1, rng.normal(0.1 * x1**2 - 10, 1)], 1)
@@ -248,8 +248,8 @@ def test_banana_elbo_ordering_mixflow_planar_meanfield():
     # 10-layer planar flow -0.407 +- 0.004 (benchmarks/experiments/mixflow_targets/
     # MIXFLOW_TARGETS.md; not retrained here).
     # With the default step_scale="reference" the best was -0.456 (N = 2000, step 0.008).
-    res = gf.MixFlow(banana, flow_length=1000, num_leapfrog=50, step_size=0.016,
-                     step_scale="unit", num_draws=10).run(jax.random.key(0), 5000,
+    res = gf.MixFlow(banana, reference="meanfield", flow_length=1000, num_leapfrog=50,
+                     step_size=0.016, step_scale="unit", num_draws=10).run(jax.random.key(0), 5000,
                                                           progress_bar=False)
     np.testing.assert_allclose(res.flow.params.step_size, [0.016, 0.016])
     elbo, se = (float(v) for v in res.flow.elbo(jax.random.key(100), 1000))
@@ -326,8 +326,8 @@ def test_real_data_regression_meanfield_flow_moves_its_reference():
     # flow draws (MC error ~0.016 sd per mean, ~0.04 for the worst of 12; key 1 measured
     # 0.093-0.110 over four draw keys).
     model, _, X, y, worst = _diabetes()
-    res = gf.MixFlow(model, flow_length=100, num_leapfrog=20).run(jax.random.key(1), 3000, X, y,
-                                                                  progress_bar=False)
+    res = gf.MixFlow(model, flow_length=100, num_leapfrog=20, reference="meanfield").run(
+        jax.random.key(1), 3000, X, y, progress_bar=False)
     # the paper's mean-field MixFlow (N = 100, L = 20): its error is mostly the fit's, not
     # Monte Carlo: over keys 1-5, 10,000 draws each, 0.03 / 0.11 / 0.14 / 0.07 / 0.07 (key 1:
     # 0.086-0.106 over draw keys); 0.13 was seen on another machine with 1000 draws. Its

@@ -38,6 +38,12 @@ def test_posterior_loads_and_traces(name):
     assert all(np.asarray(v).shape == (1,) and np.isfinite(v).all() for v in flat.values())
 
 
+def test_loading_twice_gives_the_same_posterior():
+    a, b = (posteriordb.load("sblrc-blr") for _ in range(2))
+    assert sorted(a.reference) == sorted(b.reference)
+    np.testing.assert_array_equal(a.chain, b.chain)
+
+
 def test_unknown_posterior_is_named():
     with pytest.raises(ValueError, match="unknown posteriordb posterior 'kidiq'"):
         posteriordb.load("kidiq")

@@ -397,7 +397,8 @@ def load(name: str) -> Posterior:
     if name not in _SPECS:
         raise ValueError(f"unknown posteriordb posterior {name!r}; known: {', '.join(NAMES)}")
     model, inputs = _SPECS[name]
-    data, info, ref = _read(name)
+    data, info, ref = _read(name)      # cached: copy before taking it apart
     args, kwargs = inputs(data)
+    ref = dict(ref)
     chain = ref.pop("chain").astype(np.int64)
     return Posterior(name, model, args, kwargs, ref, chain, info)

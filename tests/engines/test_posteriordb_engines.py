@@ -1,0 +1,63 @@
+"""Engines with their defaults on posteriordb posteriors that nobody tuned them for.
+
+The reference is posteriordb's: 10,000 draws (ESS ~9,000-10,000 per parameter), so its own
+Monte Carlo error is ~0.01 sd on a mean and ~0.7 % on an sd; an engine's 10,000 draws add as
+much. The default-run checks are the regressions of the failure modes fixed in issue 17; the
+slow test runs every engine on three posteriors.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import numpyro_gflow as gf
+from numpyro_gflow.datasets import posteriordb
+from numpyro_gflow.engines.base import DensityEngine
+
+KIDIQ = "kidiq-kidscore_interaction"
+
+
+def _errors(post, res, num_draws=10_000):
+    """Errors of a fitted density's ``num_draws`` fresh draws against the reference."""
+    return post.errors(res.get_samples(num_draws, jax.random.key(1)))
+
+
+@pytest.mark.parametrize("engine, steps", [("FBGVI", 50), ("MixFlow", 300)])
+def test_density_engine_defaults_reach_nuts_accuracy_on_an_uncentred_regression(engine, steps):
+    # kidiq: kid_score on mom_iq (~100, not centred), mom_hs and their interaction, flat
+    # priors: intercept and slopes correlate at -0.99, the Hessian's condition number is ~1e7
+    # (beyond float32's resolution). Before issue 17 FBGVI ended 12 reference sds off (Adam's
+    # climb stalls, the step set by the largest curvature never crosses the smallest) and the
+    # mean-field MixFlow 12 sds off. Now the Laplace start and whitened coordinates
+    # (numerics.whitening) make the posterior ~N(0, I) for the engine. Measured (4000 draws):
+    # FBGVI 0.024 sd / 2.6 % (50 steps), MixFlow 0.038 sd / 2.5 % (300 reference steps);
+    # the bounds are what posteriordb calls NUTS accuracy, ~5 MC standard errors away.
+    post = posteriordb.load(KIDIQ)
+    res = getattr(gf, engine)(post.model).run(jax.random.key(0), steps, *post.args,
+                                              progress_bar=False, **post.kwargs)
+    err = _errors(post, res)
+    assert err["max_mean_err"] < 0.1, err
+    assert err["max_sd_err"] < 0.1, err
+
+
+ENGINES = ("SVGD", "CoinSVGD", "CoinKSDD", "MSVGD", "SVMD", "CoinMSVGD", "SVNG",
+           "IsoGaussianMixtureVI", "FBGVI", "MixFlow")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["kidiq-kidscore_interaction", "arK-arK",
+                                  "eight_schools-eight_schools_noncentered"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_engine_default_ends_finite(name, engine):
+    # the issue's floor: with its defaults every engine runs to the end with finite draws
+    # (KSDD has no default step and CoinLAWGD is for d <= 3: both refuse with a named error)
+    post = posteriordb.load(name)
+    eng = getattr(gf, engine)(post.model)
+    res = eng.run(jax.random.key(0), 500, *post.args, progress_bar=False, **post.kwargs)
+    assert res.status == "ok"
+    draws = (res.get_samples(1000, jax.random.key(1)) if isinstance(eng, DensityEngine)
+             else res.get_samples())
+    flat = post.flatten(draws)
+    assert all(np.all(np.isfinite(v)) for v in flat.values())
