@@ -1,6 +1,5 @@
 """MixFlow: the flow map, its inverse and log-Jacobian, the three operations, and the engine."""
 
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -16,6 +15,7 @@ from numpyro.infer import MCMC, Predictive
 import numpyro_gflow as gf
 from numpyro_gflow.core import mixflow as mf
 from numpyro_gflow.core import numerics
+import background
 
 
 def banana():
@@ -138,26 +138,32 @@ def test_fullrank_reference_on_a_correlated_gaussian():
             jax.random.key(0), 0, progress_bar=False)
 
 
-def test_float64_inversion_on_10d_target():
-    # issue criterion: forward then inverse within 1e-8 (float64), N = 100 maps, a 10-d target.
-    # The dynamics is chaotic, so round-off grows with the step: max over 16 draws was 1e-12,
-    # 1e-11, 5e-11, 2e-6, 2e-8 at steps 0.02, 0.035, 0.05, 0.07, 0.1 (the ELBO rule picks
-    # 0.057 here, the acceptance rule 0.1). x64 is global in JAX, so in a subprocess
-    code = textwrap.dedent("""
-        import numpyro; numpyro.enable_x64()
-        import jax, jax.numpy as jnp, numpy as np, numpyro.distributions as dist
-        import numpyro_gflow as gf
-        A = np.random.default_rng(0).normal(size=(10, 10))
-        cov = jnp.asarray(A @ A.T / 10 + 0.1 * np.eye(10))
-        def model():
-            numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(10), covariance_matrix=cov))
-        res = gf.MixFlow(model, flow_length=100, num_leapfrog=20, num_draws=16,
-                         step_size=0.035).run(jax.random.key(0), 1000, progress_bar=False)
-        assert res.flow.params.loc.dtype == jnp.float64
-        err = res.flow.inversion_error(jax.random.key(1), 100, 16)
-        print("MAXERR", float(err.max()))
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+# issue criterion: forward then inverse within 1e-8 (float64), N = 100 maps, a 10-d target.
+# The dynamics is chaotic, so round-off grows with the step: max over 16 draws was 1e-12,
+# 1e-11, 5e-11, 2e-6, 2e-8 at steps 0.02, 0.035, 0.05, 0.07, 0.1 (the ELBO rule picks
+# 0.057 here, the acceptance rule 0.1). x64 is global in JAX, so in a subprocess (a job of
+# tests/background.py: started early, it runs while the in-process tests do)
+FLOAT64_CODE = textwrap.dedent("""
+    import numpyro; numpyro.enable_x64()
+    import jax, jax.numpy as jnp, numpy as np, numpyro.distributions as dist
+    import numpyro_gflow as gf
+    A = np.random.default_rng(0).normal(size=(10, 10))
+    cov = jnp.asarray(A @ A.T / 10 + 0.1 * np.eye(10))
+    def model():
+        numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(10), covariance_matrix=cov))
+    res = gf.MixFlow(model, flow_length=100, num_leapfrog=20, num_draws=16,
+                     step_size=0.035).run(jax.random.key(0), 1000, progress_bar=False)
+    assert res.flow.params.loc.dtype == jnp.float64
+    err = res.flow.inversion_error(jax.random.key(1), 100, 16)
+    print("MAXERR", float(err.max()))
+""")
+FLOAT64_JOB = background.job("mixflow: float64 inversion", [sys.executable, "-c", FLOAT64_CODE],
+                             timeout=600)
+
+
+@pytest.mark.background(FLOAT64_JOB)
+def test_float64_inversion_on_10d_target(tmp_path):
+    out = background.result(FLOAT64_JOB, tmp_path).proc
     assert out.returncode == 0, out.stderr[-2000:]
     err = float(out.stdout.split("MAXERR")[1])
     assert err < 1e-8, err
