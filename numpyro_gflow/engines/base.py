@@ -32,6 +32,7 @@ from numpyro.util import is_prng_key
 
 from numpyro_gflow._validate import positive_int
 from numpyro_gflow.bridge import ModelBridge
+from numpyro_gflow.core.numerics import Affine, best_laplace, spread_starts
 from numpyro_gflow.engines import placement
 from numpyro_gflow.engines.driver import NonFiniteError, compile_engine, run_chunks
 from numpyro_gflow.engines.mcmc import EnsembleKernel
@@ -42,8 +43,14 @@ __all__ = [
     "Engine",
     "NonFiniteError",
     "ParticleEngine",
+    "PreconditionedState",
     "Target",
 ]
+
+
+#: extra uniform starts of the particle engines' Laplace mode search, and its Adam steps
+LAPLACE_STARTS = 7
+LAPLACE_MAP_STEPS = 200
 
 
 class Target(NamedTuple):
@@ -53,14 +60,21 @@ class Target(NamedTuple):
     model_args: tuple
     model_kwargs: dict
     num_steps: int | None = None    # the run's length (None in MCMC kernel use)
+    #: the engine's coordinates ``u`` (``z = coords.to_z(u)``; None: ``u = z``, NumPyro's
+    #: unconstrained space): log density, score and Hessian-vector products are those in ``u``
+    coords: Affine | None = None
 
     def log_density(self, z, rng_key=None):
-        """Unnormalised log posterior at one flat unconstrained point (Jacobian included)."""
+        """Unnormalised log posterior at one flat point of the engine's coordinates (NumPyro's
+        unconstrained space unless ``coords``; Jacobian included, up to a constant)."""
+        if self.coords is not None:
+            z = self.coords.shift + self.coords.scale @ z
         return self.bridge.log_density(z, self.model_args, self.model_kwargs, rng_key)
 
     def score_fn(self) -> Callable:
         """``(z (n, d), rng_key) -> (log_density (n,), score (n, d))``: what the cores take."""
-        return self.bridge.score_fn(self.model_args, self.model_kwargs)
+        score = self.bridge.score_fn(self.model_args, self.model_kwargs)
+        return score if self.coords is None else self.coords.score_fn(score)
 
     def hvp_fn(self) -> Callable:
         """``(x (d,), v (d,), rng_key) -> grad^2 V(x) v`` with ``V = -log p`` (about two
@@ -71,6 +85,19 @@ class Target(NamedTuple):
     def with_kwargs(self, extra: dict) -> "Target":
         """The same model with some keyword inputs replaced (a streamed batch)."""
         return self._replace(model_kwargs={**self.model_kwargs, **extra})
+
+
+class PreconditionedState(NamedTuple):
+    """A particle engine's state in its coordinates ``u`` (``z = coords.to_z(u)``):
+    ``particles`` are in NumPyro's unconstrained space, ``core.particles`` in ``u``."""
+
+    core: NamedTuple
+    coords: Affine
+    rng_key: jax.Array
+
+    @property
+    def particles(self):
+        return self.coords.to_z(self.core.particles)
 
 
 class Engine(abc.ABC):
@@ -113,6 +140,15 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def _result(self, state, info, target: Target, rng_key) -> InferenceResult:
         """The run's result from the final state and the per-step ``Info`` (stacked)."""
+
+    def _init_state(self, z, rng_key, target: Target, given: bool = False):
+        """The state a run starts from (``given``: ``z`` are the user's ``init_params``); the
+        engines' `_core_init` unless a base adds something (`ParticleEngine`'s coordinates)."""
+        return self._core_init(z, rng_key, target)
+
+    def _step(self, state, target: Target):
+        """One step of the run's state (what the driver traces): the engine's `_core_step`."""
+        return self._core_step(state, target)
 
     def _fallback_result(self, state, info, target: Target) -> InferenceResult:
         """The result of a run that stopped non-finite where `_result` cannot build one from
@@ -159,8 +195,9 @@ class Engine(abc.ABC):
         keys = jax.random.split(rng_key, self.num_points)
         z = self._from_unconstrained(self._initial_points(compiled, dynamic, keys, init_params),
                                      compiled.bridge)
-        return self._core_init(z, self._state_key(keys),
-                               Target(compiled.bridge, args, kwargs, num_steps))
+        return self._init_state(z, self._state_key(keys),
+                                Target(compiled.bridge, args, kwargs, num_steps),
+                                given=init_params is not None)
 
     # ------------------------------------------------------------------ the engine API
     def run(self, rng_key, num_steps: int, *args, progress_bar: bool = True, init_params=None,
@@ -229,8 +266,9 @@ class Engine(abc.ABC):
             keys = jax.random.split(rng_key, self.num_points)
             z = self._initial_points(compiled, dynamic, keys, init_params)
             z = self._from_unconstrained(z, compiled.bridge)
-            init_state = self._core_init(z, self._state_key(keys),
-                                         Target(compiled.bridge, args, kwargs, num_steps))
+            init_state = self._init_state(z, self._state_key(keys),
+                                          Target(compiled.bridge, args, kwargs, num_steps),
+                                          given=init_params is not None)
         init_state = (placement.place_points(init_state, self.num_points, devices) if mesh is None
                       else jax.device_put(init_state, placement.replicated(mesh)))
         feed = None
@@ -289,11 +327,47 @@ class ParticleEngine(EnsembleKernel, Engine):
 
     #: fewest particles that make sense
     min_particles: int = 2
+    #: whether the engine can run in `precondition="laplace"` coordinates (the mirrored engines
+    #: move in their own dual coordinates, CoinLAWGD on its own grid: no)
+    supports_precondition: bool = True
 
-    def __init__(self, model, *, num_particles: int | None = 100, init_strategy=init_to_uniform):
+    def __init__(self, model, *, num_particles: int | None = 100, init_strategy=init_to_uniform,
+                 precondition: str | None = None):
         super().__init__(model, init_strategy=init_strategy)
         self.num_particles = (None if num_particles is None
                               else positive_int("num_particles", num_particles, self.min_particles))
+        if precondition not in ("laplace", None):
+            raise ValueError(f"precondition must be 'laplace' or None, got {precondition!r}")
+        if precondition is not None and not self.supports_precondition:
+            raise ValueError(f"{type(self).__name__} does not take precondition=")
+        self.precondition = precondition
+
+    def _init_state(self, z, rng_key, target: Target, given: bool = False):
+        """With ``precondition="laplace"``: the particles move in ``u`` with ``z = mode + W u``,
+        ``W W^T`` the inverse Hessian at the highest of the Laplace modes found from the init
+        point and `LAPLACE_STARTS` uniform starts (`numerics.best_laplace`); they start
+        uniform in ``(-2, 2)`` there (about +-2 posterior sds around the mode on a
+        Gaussian-like posterior), or at the given ``init_params``."""
+        if self.precondition is None:
+            return self._core_init(z, rng_key, target)
+        starts = spread_starts(z[0], jax.random.fold_in(rng_key, 11), LAPLACE_STARTS)
+        mode, whiten = best_laplace(target.log_density, starts, LAPLACE_MAP_STEPS)
+        coords = Affine.of(mode, whiten)
+        if given:
+            u = jnp.linalg.solve(whiten, (z - mode).T).T
+        else:
+            u = jax.random.uniform(jax.random.fold_in(rng_key, 12), z.shape, z.dtype, -2.0, 2.0)
+        core = self._core_init(u, rng_key, target._replace(coords=coords))
+        return PreconditionedState(core, coords, getattr(core, "rng_key", rng_key))
+
+    def _step(self, state, target: Target):
+        if not isinstance(state, PreconditionedState):
+            return self._core_step(state, target)
+        core = state.core
+        if hasattr(core, "rng_key"):     # MCMC may have replaced the outer key
+            core = core._replace(rng_key=state.rng_key)
+        core, info = self._core_step(core, target._replace(coords=state.coords))
+        return state._replace(core=core, rng_key=getattr(core, "rng_key", state.rng_key)), info
 
     @property
     def num_points(self) -> int:

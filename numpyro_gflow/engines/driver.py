@@ -107,7 +107,7 @@ def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
             state, failed_at = carry
             step = (start + i + 1).astype(jnp.int32)
             step_target = target if batch is None else target.with_kwargs(batch)
-            new, info = engine._core_step(state, step_target)
+            new, info = engine._step(state, step_target)
             ok = all_finite(new)
             if engine.objective and not engine.tolerates_non_finite_objective:
                 ok = ok & jnp.all(jnp.isfinite(getattr(info, engine.objective)))

@@ -36,6 +36,7 @@ class CoinLAWGD(ParticleEngine):
     tolerates_non_finite_objective = True
 
     objective = "direction_sq_norm"
+    supports_precondition = False     # its eigenbasis lives on a grid over the given bounds
 
     def __init__(self, model, *, num_particles: int | None = 100, bounds=None,
                  grid_size: int | None = None, num_eigen: int = 100,

@@ -164,6 +164,8 @@ class MirroredTarget:
 class _MirroredEngine(ParticleEngine):
     """Particles live in mirror coordinates; results and MCMC samples are NumPyro's."""
 
+    supports_precondition = False
+
     def __init__(self, model, *, num_particles, init_strategy, fallback):
         super().__init__(model, num_particles=num_particles, init_strategy=init_strategy)
         if fallback not in (None, "numpyro"):

@@ -30,7 +30,15 @@ class SVGD(ParticleEngine):
             (peak memory linear in n, same numbers to float tolerance); ``None`` forces dense,
             an int sets the block, e.g. ``kernel=RBFKernel(block_size=1024)``.
         init_strategy: NumPyro init strategy, applied per particle with its own key (default
-            ``init_to_uniform``: uniform in (-2, 2) in the unconstrained space).
+            ``init_to_uniform``: uniform in (-2, 2) in the unconstrained space); with
+            ``precondition="laplace"`` only the mode search's first start.
+        precondition: ``"laplace"`` (default): the particles move in the Laplace
+            approximation's whitened coordinates ``u`` (``z = mode + W u``, ``W W^T`` the
+            inverse Hessian at the mode; `ParticleEngine._init_state`), starting uniform in
+            ``(-2, 2)`` there: a fixed linear change of variables, so the target is the same
+            posterior, but its scales and correlations are ~1 for the kernel's bandwidth and
+            the step rule. ``None``: NumPyro's unconstrained space, ``init_strategy``'s points
+            (the papers' setting).
 
         trace_ksd: also trace ``ksd`` per step (IMQ kernel Stein discrepancy of the particles at
             the start of the step, with the step's possibly mini-batch score). Off by default:
@@ -52,8 +60,9 @@ class SVGD(ParticleEngine):
     def __init__(self, model, *, num_particles: int | None = 100, step_size: float | None = None,
                  optimizer: optax.GradientTransformation | None = None,
                  kernel: Kernel | None = None, trace_ksd: bool = False,
-                 init_strategy=init_to_uniform):
-        super().__init__(model, num_particles=num_particles, init_strategy=init_strategy)
+                 init_strategy=init_to_uniform, precondition: str | None = "laplace"):
+        super().__init__(model, num_particles=num_particles, init_strategy=init_strategy,
+                         precondition=precondition)
         self.trace_ksd = check_flag("trace_ksd", trace_ksd)
         if step_size is None and optimizer is None:
             step_size = 0.05

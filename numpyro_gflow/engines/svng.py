@@ -51,8 +51,10 @@ class SVNG(ParticleEngine):
     def __init__(self, model, *, num_particles: int | None = 50, step_size: float | None = None,
                  optimizer=None, metric="hessian", decay: float = 0.1, jitter: float = 1e-2,
                  kernel: Kernel | None = None, eigen_threshold: float = 0.98,
-                 trace_ksd: bool = False, init_strategy=init_to_uniform):
-        super().__init__(model, num_particles=num_particles, init_strategy=init_strategy)
+                 trace_ksd: bool = False, init_strategy=init_to_uniform,
+                 precondition: str | None = "laplace"):
+        super().__init__(model, num_particles=num_particles, init_strategy=init_strategy,
+                         precondition=precondition)
         self.trace_ksd = check_flag("trace_ksd", trace_ksd)
         if step_size is None and optimizer is None:
             step_size = 0.5

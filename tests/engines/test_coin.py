@@ -66,11 +66,11 @@ def test_scale_invariance_coin_svgd_vs_svgd(scale):
     # measured (seed 0, 2000 steps): CoinSVGD mean err 0.014 / 0.015 sd, sd err 0.140 / 0.127;
     # SVGD with its default step: mean err 0.39 / 0.80 sd
     target = ScaledGaussian(scale)
-    coin = gf.CoinSVGD(target.model, num_particles=200).run(
+    coin = gf.CoinSVGD(target.model, num_particles=200, precondition=None).run(
         jax.random.key(0), 2000, target.y, progress_bar=False)
     mean_err, sd_err = errors(coin.get_samples()["x"], target)
     assert mean_err < 0.1 and sd_err < 0.15, (scale, mean_err, sd_err)
-    plain = gf.SVGD(target.model, num_particles=200).run(
+    plain = gf.SVGD(target.model, num_particles=200, precondition=None).run(
         jax.random.key(0), 2000, target.y, progress_bar=False)
     mean_err, sd_err = errors(plain.get_samples()["x"], target)
     assert mean_err >= 0.1 or sd_err >= 0.15, (scale, mean_err, sd_err)
@@ -78,14 +78,15 @@ def test_scale_invariance_coin_svgd_vs_svgd(scale):
 
 def test_ksdd_decreases_ksd_monotonically_and_coin_ksdd_matches(conjugate):
     run = lambda eng: eng.run(jax.random.key(0), 2000, conjugate.y, progress_bar=False)  # noqa: E731
-    ksdd = run(gf.KSDD(conjugate.model, num_particles=100, step_size=1.0))
+    ksdd = run(gf.KSDD(conjugate.model, num_particles=100, step_size=1.0, precondition=None))
     trace = ksdd.trace["ksd_sq"]
     assert np.all(np.diff(trace) <= 1e-6 * trace[:-1]), "KSDD objective rose"
     assert trace[-1] < 0.01 * trace[0]
     # the same check catches a bad step size: too large a step makes the objective rise
-    big = run(gf.KSDD(conjugate.model, num_particles=100, step_size=3.0)).trace["ksd_sq"]
+    big = run(gf.KSDD(conjugate.model, num_particles=100, step_size=3.0,
+                     precondition=None)).trace["ksd_sq"]
     assert np.any(np.diff(big) > 1e-3)
-    coin = run(gf.CoinKSDD(conjugate.model, num_particles=100))
+    coin = run(gf.CoinKSDD(conjugate.model, num_particles=100, precondition=None))
     # measured: KSDD 0.0256, CoinKSDD 0.0238
     assert coin.trace["ksd_sq"][-1] <= 1.1 * trace[-1]
     mean_err, sd_err = errors(coin.get_samples()["x"], conjugate)

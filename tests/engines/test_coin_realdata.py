@@ -177,10 +177,12 @@ def _engine(model, num_particles, name):
     key = (model.__name__, name)
     if key not in _ENGINES:
         if name == "coin":
-            _ENGINES[key] = gf.CoinSVGD(model, num_particles=num_particles)
+            _ENGINES[key] = gf.CoinSVGD(model, num_particles=num_particles,
+                                         precondition=None)
         else:
             lr = float(name.split()[1])
-            _ENGINES[key] = gf.SVGD(model, num_particles=num_particles, step_size=lr)
+            _ENGINES[key] = gf.SVGD(model, num_particles=num_particles, step_size=lr,
+                                     precondition=None)
     return _ENGINES[key]
 
 

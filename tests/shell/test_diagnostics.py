@@ -59,8 +59,9 @@ def test_ksd_blocks_agree():
 
 
 def test_ksd_decreases_as_svgd_converges(conjugate):
-    res = gf.SVGD(conjugate.model, num_particles=100, step_size=0.01, trace_ksd=True).run(
-        jax.random.key(0), 500, conjugate.y, progress_bar=False)
+    # from NumPyro's uniform start (precondition=None): far from the posterior at first
+    res = gf.SVGD(conjugate.model, num_particles=100, step_size=0.01, trace_ksd=True,
+                  precondition=None).run(jax.random.key(0), 500, conjugate.y, progress_bar=False)
     trace = res.trace["ksd"]
     assert trace[-1] < 0.2 * trace[0]
     assert np.mean(trace[-50:]) < np.mean(trace[50:100])
@@ -92,8 +93,9 @@ def test_summarize_against_reference(linreg_data, linreg_nuts):
     assert s.ksd is not None and s.ksd > 0
     md = s.to_markdown()
     assert "mean_err" in md and "energy distance" in md
-    # a bad sample is flagged: the prior-ish initial particles are far from the posterior
-    bad = gf.SVGD(linreg_model, num_particles=100, step_size=0.01).run(
+    # a bad sample is flagged: the prior-ish initial particles (NumPyro's uniform start,
+    # precondition=None) are far from the posterior
+    bad = gf.SVGD(linreg_model, num_particles=100, step_size=0.01, precondition=None).run(
         jax.random.key(0), 1, X, y, progress_bar=False)
     sb = summarize(bad, linreg_nuts)
     assert sb.energy_distance > 10 * s.energy_distance
