@@ -30,7 +30,9 @@ CODE = textwrap.dedent("""
 
     X = jax.random.normal(jax.random.key(0), (50, 3))
     y = X @ jnp.array([1.0, -1.0, 0.5]) + 0.3 * jax.random.normal(jax.random.key(1), (50,))
-    engines = {"SVGD": gf.SVGD(model, num_particles=64, step_size=0.01),
+    # NumPyro's coordinates (precondition=None): this checks placement; in the Laplace
+    # coordinates the same reordering is amplified more (measured 2.8e-3 after 300 steps)
+    engines = {"SVGD": gf.SVGD(model, num_particles=64, step_size=0.01, precondition=None),
                "IsoGaussianMixtureVI": gf.IsoGaussianMixtureVI(model, num_components=8)}
     for name, eng in engines.items():
         for steps in (50, 300):
