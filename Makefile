@@ -53,9 +53,12 @@ venv: check-python $(STAMP)
 demo: check-python $(STAMP)
 	$(VPY) examples/quickstart.py
 
+# the default suite on TEST_WORKERS pytest-xdist processes (files kept whole: module fixtures
+# are computed once); TEST_WORKERS=0 runs it in this process
+TEST_WORKERS ?= 2
 test: check-python $(STAMP)
 	$(VPY) -m ruff check numpyro_gflow tests benchmarks examples
-	$(VPY) -m pytest
+	$(VPY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: check-python $(STAMP)
 	$(VPY) -m pytest -m slow

@@ -28,10 +28,12 @@ reference draws get (the other 8000); ``wall_s`` (the first call, compilation in
 ``compile_s`` (JAX's tracing and compiling within it, from ``jax.monitoring``); gradient
 evaluations where the engine counts them; for a failure, the error message.
 
-Outputs in ``--out`` (default ``benchmarks/results/posteriordb``): ``results.json`` (one
-record per fit), then ``docs/posteriordb.md`` (the docs page "Accuracy on real posteriors":
-the table, what "within NUTS accuracy" means, the per-engine summary) and
-``docs/posteriordb.png`` (engines x posteriors, colour = max mean error).
+Outputs in ``--out`` (default ``benchmarks/experiments/posteriordb``, kept in the repository):
+``results.json`` (one record per fit; a rerun skips the fits already in it, so an interrupted
+table resumes where it stopped; delete it, or pick rows with ``--posteriors``/``--engines``
+after removing them, to measure again), then ``docs/posteriordb.md`` (the docs page
+"Accuracy on real posteriors": the table, what "within NUTS accuracy" means, the per-engine
+summary) and ``docs/posteriordb.png`` (engines x posteriors, colour = max mean error).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "posteriordb"
+DEFAULT_OUT = ROOT / "benchmarks" / "experiments" / "posteriordb"
 DOC_PAGE = ROOT / "docs" / "posteriordb.md"
 DOC_PLOT = ROOT / "docs" / "posteriordb.png"
 

@@ -31,7 +31,7 @@ from numpyro.infer.initialization import init_to_uniform
 from numpyro.util import is_prng_key
 
 from numpyro_gflow._validate import positive_int
-from numpyro_gflow.bridge import ModelBridge
+from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_args
 from numpyro_gflow.core.numerics import Affine, best_laplace, spread_starts
 from numpyro_gflow.engines import placement
 from numpyro_gflow.engines.driver import NonFiniteError, compile_engine, run_chunks
@@ -111,6 +111,10 @@ class Engine(abc.ABC):
     tolerates_non_finite_objective: bool = False
     #: whether ``run(data_loader=...)`` makes sense (engines needing the exact density: no)
     supports_streaming: bool = True
+    #: whether `_init_state` traces under ``jax.jit`` (no host-side checks of values): then the
+    #: initial state (Laplace mode search, curvature estimates) is one compiled program, cached
+    #: with the engine's loop for its input signature, instead of eager op-by-op work each run
+    traceable_init: bool = False
 
     def __init__(self, model, *, init_strategy=init_to_uniform):
         if not callable(model):
@@ -149,6 +153,39 @@ class Engine(abc.ABC):
     def _step(self, state, target: Target):
         """One step of the run's state (what the driver traces): the engine's `_core_step`."""
         return self._core_step(state, target)
+
+    def _start(self, z, rng_key, target: Target, given: bool = False):
+        """`_init_state`, compiled (and cached for the inputs' signature) where the engine's
+        init is `traceable_init`; what ``run``, ``init_state`` and the MCMC adapter call."""
+        if not self.traceable_init:
+            return self._init_state(z, rng_key, target, given)
+        return self._compiled_program(
+            ("init_state", bool(given), target.num_steps), target,
+            lambda t, z, key: self._init_state(z, key, t, given), z, rng_key)
+
+    def _compiled_program(self, name, target: Target, fn: Callable, *arrays):
+        """``fn(target, *arrays)`` under ``jax.jit``, the compiled program kept with the
+        engine's compiled loop for the target's input signature (so a second run on
+        same-shaped inputs reuses it); ``name`` (hashable) must identify ``fn`` and every
+        Python value it closes over. The model's array inputs are traced, the rest static."""
+        dynamic, static, treedef, signature = split_static_args(target.model_args,
+                                                                target.model_kwargs)
+        try:
+            compiled = self._compiled.get(signature)
+        except TypeError:   # unhashable static input: nothing is cached
+            compiled = None
+        store = (compiled.programs if compiled is not None and compiled.bridge is target.bridge
+                 else {})
+        program = store.get(name)
+        if program is None:
+            bridge, num_steps, coords = target.bridge, target.num_steps, target.coords
+
+            def program(dyn, *xs):
+                a, kw = merge_static_args(dyn, static, treedef)
+                return fn(Target(bridge, a, kw, num_steps, coords), *xs)
+
+            program = store[name] = jax.jit(program)
+        return program(dynamic, *arrays)
 
     def _fallback_result(self, state, info, target: Target) -> InferenceResult:
         """The result of a run that stopped non-finite where `_result` cannot build one from
@@ -195,9 +232,9 @@ class Engine(abc.ABC):
         keys = jax.random.split(rng_key, self.num_points)
         z = self._from_unconstrained(self._initial_points(compiled, dynamic, keys, init_params),
                                      compiled.bridge)
-        return self._init_state(z, self._state_key(keys),
-                                Target(compiled.bridge, args, kwargs, num_steps),
-                                given=init_params is not None)
+        return self._start(z, self._state_key(keys),
+                           Target(compiled.bridge, args, kwargs, num_steps),
+                           given=init_params is not None)
 
     # ------------------------------------------------------------------ the engine API
     def run(self, rng_key, num_steps: int, *args, progress_bar: bool = True, init_params=None,
@@ -266,9 +303,9 @@ class Engine(abc.ABC):
             keys = jax.random.split(rng_key, self.num_points)
             z = self._initial_points(compiled, dynamic, keys, init_params)
             z = self._from_unconstrained(z, compiled.bridge)
-            init_state = self._init_state(z, self._state_key(keys),
-                                          Target(compiled.bridge, args, kwargs, num_steps),
-                                          given=init_params is not None)
+            init_state = self._start(z, self._state_key(keys),
+                                     Target(compiled.bridge, args, kwargs, num_steps),
+                                     given=init_params is not None)
         init_state = (placement.place_points(init_state, self.num_points, devices) if mesh is None
                       else jax.device_put(init_state, placement.replicated(mesh)))
         feed = None

@@ -92,6 +92,8 @@ class KSDD(ParticleEngine):
     large a step makes it oscillate; start it from a reasonable spread.
     """
 
+    traceable_init = True
+
     objective = "ksd_sq"
 
     def __init__(self, model, *, num_particles: int | None = 100, step_size: float | None = None,

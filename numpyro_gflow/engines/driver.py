@@ -61,6 +61,8 @@ class Compiled(NamedTuple):
     run: Callable       # one chunk of steps, jitted (see `compile_engine`)
     static: tuple
     treedef: object
+    #: further programs compiled for this signature (``Engine._compiled_program``: the init)
+    programs: dict
 
     def model_inputs(self, dynamic):
         return merge_static_args(dynamic, self.static, self.treedef)
@@ -122,7 +124,8 @@ def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
         return lax.scan(body, carry, (jnp.arange(num_steps, dtype=jnp.int32), batches))
 
     compiled = Compiled(bridge, jax.jit(init_fn),
-                        jax.jit(run_fn, static_argnames=("num_steps", "every")), static, treedef)
+                        jax.jit(run_fn, static_argnames=("num_steps", "every")), static, treedef,
+                        {})
     if signature is not None:
         engine._compiled[signature] = compiled
     return compiled, dynamic

@@ -105,6 +105,8 @@ class FBGVI(DensityEngine):
     the Gaussian in the unconstrained space (``result.state.core`` in the engine's coordinates).
     """
 
+    traceable_init = True
+
     objective = "elbo"
 
     def __init__(self, model, *, step_size="auto", stochastic: bool = False,

@@ -77,6 +77,8 @@ class IsoGaussianMixtureVI(DensityEngine):
     Cost per step: N * B gradient evaluations and O(N^2 B d) for the mixture score.
     """
 
+    traceable_init = True
+
     objective = "elbo"
 
     def __init__(self, model, *, num_components: int = 10, variance_update: str = "ibw",

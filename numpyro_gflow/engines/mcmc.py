@@ -78,9 +78,9 @@ class EnsembleKernel(KernelAdapter):
         self._kernel_bridge = compiled.bridge
         z = self._initial_points(compiled, dynamic, rng_key, init_params)
         z = self._from_unconstrained(z, compiled.bridge)
-        return self._init_state(z, self._state_key(rng_key),
-                                Target(compiled.bridge, model_args, model_kwargs),
-                                given=init_params is not None)
+        return self._start(z, self._state_key(rng_key),
+                           Target(compiled.bridge, model_args, model_kwargs),
+                           given=init_params is not None)
 
     def sample(self, state, model_args, model_kwargs):
         from numpyro_gflow.engines.base import Target

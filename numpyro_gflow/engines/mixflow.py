@@ -326,7 +326,9 @@ class MixFlow(DensityEngine):
         loc, scale = self._reference_arrays(target.bridge, particles)
         if self.reference == "fullrank":
             starts = spread_starts(loc[0], jax.random.fold_in(rng_key, 11), LAPLACE_STARTS)
-            center, whiten = best_laplace(target.log_density, starts, self.map_steps)
+            center, whiten = self._compiled_program(
+                ("laplace", self.map_steps), target,
+                lambda t, s: best_laplace(t.log_density, s, self.map_steps), starts)
             return reference_init(center, None, self.optimizer, rng_key, whiten=whiten)
         if self._full_rank():
             return reference_init(loc, None, self.optimizer, rng_key, whiten=scale)

@@ -55,6 +55,8 @@ class SVGD(ParticleEngine):
         ```
     """
 
+    traceable_init = True
+
     objective = "stein_sq_norm"
 
     def __init__(self, model, *, num_particles: int | None = 100, step_size: float | None = None,

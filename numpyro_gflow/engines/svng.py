@@ -46,6 +46,8 @@ class SVNG(ParticleEngine):
     (14,000 vs 17,000); see SVNG_CONDITIONING.md there.
     """
 
+    traceable_init = True
+
     objective = "stein_sq_norm"
 
     def __init__(self, model, *, num_particles: int | None = 50, step_size: float | None = None,

@@ -219,6 +219,7 @@ def mean_errors(res, nuts_reference):
     return np.abs(np.asarray(res.params["isomix_means"]).mean(0) - mu) / sd
 
 
+@pytest.mark.slow   # ~35 s with its AutoNormal run; the default run keeps the adaptive fit's checks
 def test_isomix_elbo_at_least_autonormal_same_gradient_budget(main_fit):
     # measured: IsoMix -68.49 +- 0.03, AutoNormal (532400 steps, lr 3e-4) -69.01 +- 0.03
     res, (ours, ours_se), (auto, auto_se) = main_fit
@@ -230,6 +231,7 @@ def test_isomix_elbo_at_least_autonormal_same_gradient_budget(main_fit):
     assert trace[-50:].mean() > trace[:50].mean() + 2.0, (trace[:50].mean(), trace[-50:].mean())
 
 
+@pytest.mark.slow   # shares the main fit (above)
 def test_isomix_means_close_to_nuts_measured_bias(main_fit, nuts_reference):
     # NOT the criterion (see the strict xfail below): a guard on the measured behaviour.
     # measured: worst parameter 0.23 NUTS sd (w[16]), median 0.07; AutoNormal 0.21-0.27 worst
@@ -240,6 +242,7 @@ def test_isomix_means_close_to_nuts_measured_bias(main_fit, nuts_reference):
     assert np.median(err) < 0.1, err
 
 
+@pytest.mark.slow   # shares the main fit (above)
 @pytest.mark.xfail(strict=True, reason="measured: worst parameter 0.23-0.26 NUTS sd off for "
                    "N = 5..100 components (AutoNormal: 0.21-0.27); reverse-KL bias of isotropic "
                    "components on this correlated posterior; the fixed point, not slow "

@@ -348,6 +348,9 @@ def test_real_data_regression_meanfield_flow_moves_its_reference():
     assert s["elbo"] > s["reference_elbo"], s
 
 
+# ~40 s: slow to keep the default run short; MixFlow's defaults on a real regression against
+# reference draws are in the default run (tests/engines/test_posteriordb_engines.py, kidiq)
+@pytest.mark.slow
 def test_real_data_regression_means_match_nuts():
     # issue criterion: a real-data regression (diabetes, 442 x 10, numpyro_gflow.datasets),
     # posterior means within 0.1 NUTS sd (reference: as in the mean-field test above).
