@@ -2,16 +2,15 @@
 
 Some tests do nothing themselves but wait for a child process (the example notebooks, the
 forced-4-device sharding runs, MixFlow's float64 run, the Ctrl-C run, the docs build): about
-about 4.5 minutes of
-the default run's work on a 2-core machine. Each such test declares its child as
+4.5 minutes of the default run's work on a 2-core machine. Each such test declares its child as
 a job (`job`, at import) and marks itself ``@pytest.mark.background(name)``. When the session
 starts, ``conftest.py`` hands the selected tests' jobs, in the order their tests run, to one
 worker thread, which runs them one at a time while the in-process tests go on; the test then
 calls `result` and asserts on the same ``CompletedProcess`` as before. A job that nobody has
 started when its test asks for it (its test came first, or the worker is not running: a test
 run with ``-p no:...``, or any run on pytest-xdist workers, as ``make test``'s two, which keep
-both cores busy themselves) runs in the test itself. The child, its inputs and the assertions are the
-same either way; only when it runs moves. The run's summary lists each job and where it ran.
+both cores busy themselves) runs in the test itself. The child, its inputs and the assertions
+are the same either way; only when it runs moves. The run's summary lists each job and where it ran.
 """
 
 from __future__ import annotations
