@@ -172,7 +172,7 @@ def run_one(posterior: str, engine: str, steps: int, seed: int = 0) -> dict:
 
     monitoring.register_event_duration_secs_listener(listen)
     post = posteriordb.load(posterior)
-    row = {"posterior": posterior, "engine": engine, "steps": steps, "seed": seed,
+    row = {"posterior": posterior, "engine": engine, "steps": steps, "seed": seed, "cpus": _usable_cpus(),
            "import_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
     try:
@@ -370,6 +370,11 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (``taskset -c 1 ...`` gives 1)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def header_info(steps: int, timeout: int) -> dict:
     import platform
 
@@ -380,7 +385,8 @@ def header_info(steps: int, timeout: int) -> dict:
                             text=True, cwd=ROOT).stdout.strip()
     return {
         "run": time.strftime("%Y-%m-%d %H:%M") + f", commit {commit}",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, JAX {jax.__version__} "
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus ({_usable_cpus()} usable by the "
+                   f"fits), JAX {jax.__version__} "
                    f"({jax.default_backend()}), NumPyro {numpyro.__version__}, float32",
         "settings": f"gflow engines {steps} steps with their constructor defaults; "
                     f"{NUM_DRAWS} draws from fitted densities; each fit in a fresh process, "
