@@ -172,8 +172,8 @@ def run_one(posterior: str, engine: str, steps: int, seed: int = 0) -> dict:
 
     monitoring.register_event_duration_secs_listener(listen)
     post = posteriordb.load(posterior)
-    row = {"posterior": posterior, "engine": engine, "steps": steps, "seed": seed, "cpus": _usable_cpus(),
-           "import_s": time.perf_counter() - t0}
+    row = {"posterior": posterior, "engine": engine, "steps": steps, "seed": seed,
+           "cpus": _usable_cpus(), "import_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
     try:
         samples, grads, note = _fit(engine, post, steps, jax.random.key(seed))
