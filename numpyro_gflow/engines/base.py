@@ -154,6 +154,13 @@ class Engine(abc.ABC):
         """One step of the run's state (what the driver traces): the engine's `_core_step`."""
         return self._core_step(state, target)
 
+    def _shrink_step(self, state, factor):
+        """``state`` with its step size multiplied by ``factor`` (a traced scalar), or None
+        where the engine has no step size in its state. The driver retries a step that turned
+        the state or objective non-finite with the step halved (`driver.MAX_BACKTRACKS`
+        times at most) and keeps the smaller step."""
+        return None
+
     def _start(self, z, rng_key, target: Target, given: bool = False):
         """`_init_state`, compiled (and cached for the inputs' signature) where the engine's
         init is `traceable_init`; what ``run``, ``init_state`` and the MCMC adapter call."""
@@ -312,7 +319,7 @@ class Engine(abc.ABC):
         if stream is not None:
             seed = int(jax.random.randint(jax.random.fold_in(rng_key, 0x5D), (), 0, 2 ** 31 - 1))
             feed = placement.BatchFeed(stream, seed, mesh)
-        state, info, done, failed_at, interrupted = run_chunks(
+        state, info, done, failed_at, interrupted, backtracks = run_chunks(
             self, compiled, dynamic, init_state, num_steps, progress_bar, feed)
         steps_kept = done if failed_at == 0 else failed_at - 1
         info = jax.tree.map(lambda x: x[:steps_kept], info)
@@ -324,6 +331,9 @@ class Engine(abc.ABC):
                 raise
             result = self._fallback_result(state, info, target)
         result.num_steps = steps_kept
+        if self._shrink_step(init_state, 1.0) is not None:
+            # steps that turned non-finite and were retried with the step halved (driver)
+            result.stats = {**(result.stats or {}), "backtracks": backtracks}
         if failed_at:
             result.status = (f"stopped: non-finite state or objective at step {failed_at} of "
                              f"{num_steps}; the state and trace are those after step "

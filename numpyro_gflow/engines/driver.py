@@ -34,6 +34,10 @@ CHUNKS = 10
 #: ... of at least this many steps (each chunk costs a dispatch and a sync: measured ~30 ms on
 #: a 1e5-row model, where 10 chunks of one step doubled a 10-step run)
 MIN_CHUNK_STEPS = 100
+#: an engine with a step size in its state (``Engine._shrink_step``) retries a step that made
+#: the state or objective non-finite with the step halved, up to this many times (1/32), and
+#: keeps the smaller step; only then does the NaN policy apply
+MAX_BACKTRACKS = 5
 
 
 class NonFiniteError(FloatingPointError):
@@ -104,22 +108,50 @@ def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
         a, kw = model_inputs(dyn)
         target = Target(bridge, a, kw)
 
-        def body(carry, xs):
-            i, batch = xs
-            state, failed_at = carry
-            step = (start + i + 1).astype(jnp.int32)
-            step_target = target if batch is None else target.with_kwargs(batch)
-            new, info = engine._step(state, step_target)
+        def finite(new, info):
             ok = all_finite(new)
             if engine.objective and not engine.tolerates_non_finite_objective:
                 ok = ok & jnp.all(jnp.isfinite(getattr(info, engine.objective)))
+            return ok
+
+        def attempt(state, step_target):
+            """The engine's step; where it has a step size to shrink, a non-finite step is
+            retried from the same state with the step halved (at most `MAX_BACKTRACKS`
+            times, in one ``while_loop``: the step is traced once)."""
+            if engine._shrink_step(state, 1.0) is None:
+                new, info = engine._step(state, step_target)
+                return new, info, finite(new, info), jnp.asarray(0, jnp.int32)
+
+            def again(c):
+                k, _, _, ok = c
+                return (k == 0) | (~ok & (k <= MAX_BACKTRACKS))
+
+            def one(c):
+                k = c[0]
+                factor = (0.5 ** k.astype(jnp.float32))
+                new, info = engine._step(engine._shrink_step(state, factor), step_target)
+                return k + 1, new, info, finite(new, info)
+
+            shapes = jax.eval_shape(lambda: engine._step(state, step_target))
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            k, new, info, ok = lax.while_loop(
+                again, one, (jnp.asarray(0, jnp.int32), *zeros, jnp.asarray(False)))
+            return new, info, ok, k - 1
+
+        def body(carry, xs):
+            i, batch = xs
+            state, failed_at, backtracks = carry
+            step = (start + i + 1).astype(jnp.int32)
+            step_target = target if batch is None else target.with_kwargs(batch)
+            new, info, ok, retried = attempt(state, step_target)
             active = step <= total
             failed_at = jnp.where(active & (failed_at == 0) & ~ok, step, failed_at)
             keep = active & (failed_at == 0)
             state = lax.cond(keep, lambda: new, lambda: state)
+            backtracks = backtracks + jnp.where(keep, retried, 0)
             progress.tick(bar_id, step,
                           getattr(info, engine.objective) if engine.objective else 0.0, every)
-            return (state, failed_at), info
+            return (state, failed_at, backtracks), info
 
         return lax.scan(body, carry, (jnp.arange(num_steps, dtype=jnp.int32), batches))
 
@@ -138,14 +170,14 @@ def run_chunks(engine, compiled: Compiled, dynamic, state, num_steps: int, progr
     non-finite run stops early. With a batch ``feed`` the chunks are its transfer size, and the
     next chunk's batches are gathered and sent while the device runs the current one.
 
-    Returns ``(state, info, steps_done, failed_at, interrupted)``; ``info`` has one row per
-    step done."""
+    Returns ``(state, info, steps_done, failed_at, interrupted, backtracks)``; ``info`` has one
+    row per step done; ``backtracks``: how many times a step was retried smaller."""
     chunk = -(-num_steps // max(1, min(CHUNKS, num_steps // MIN_CHUNK_STEPS)))
     if feed is not None:
         chunk = min(chunk, feed.stream.steps_per_transfer)
     every = progress.every_for(num_steps)
     infos, done, failed_at, interrupted = [], 0, 0, False
-    carry = (state, jnp.asarray(0, jnp.int32))
+    carry = (state, jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32))
     bar = progress.ProgressBar(num_steps, type(engine).__name__, enabled=progress_bar)
     batches = None if feed is None else feed(0, chunk)
     progress.take_interrupt()   # forget one that came after the last run
@@ -178,7 +210,7 @@ def run_chunks(engine, compiled: Compiled, dynamic, state, num_steps: int, progr
         info = jax.tree.map(lambda *xs: jnp.concatenate(xs)[:done], *infos)
     else:  # interrupted before the first chunk finished, or num_steps == 0
         info = empty_info(compiled, dynamic, carry, feed)
-    return carry[0], info, done, failed_at, interrupted
+    return carry[0], info, done, failed_at, interrupted, int(carry[2])
 
 
 def empty_info(compiled: Compiled, dynamic, carry, feed=None):

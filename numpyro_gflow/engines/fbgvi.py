@@ -166,6 +166,9 @@ class FBGVI(DensityEngine):
         # the ELBO in z: the entropy of q_z is that of q_u plus log |det scale|
         return state._replace(core=core), info._replace(elbo=info.elbo + coords.log_det)
 
+    def _shrink_step(self, state, factor):
+        return state._replace(core=state.core._replace(step_size=state.core.step_size * factor))
+
     def _points(self, state):
         return state.mean[None]
 
