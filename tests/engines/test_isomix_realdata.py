@@ -254,10 +254,13 @@ def test_isomix_means_within_0_1_nuts_sd(main_fit, nuts_reference):
     assert np.all(err < 0.1), err
 
 
-# ~25-40 s. Before the default preconditioner="laplace" this was a strict xfail: the paper's
-# isotropic family with the defaults (N = 10, B = 10) reached ELBO ~-70.0, 1 nat below
-# AutoNormal; now measured -57.03 +- 0.01 (1000 steps) against AutoNormal's -69.01 +- 0.03
-@pytest.mark.slow
+# (the same run with preconditioner="laplace": ELBO -57.03 +- 0.01 against AutoNormal's
+# -69.01 +- 0.03, measured 2026-12-02; it is not the default: on eight schools its auto step
+# diverges at step 4, see docs/engines/isomix.md)
+@pytest.mark.slow   # ~30-40 s more; documents a known shortfall, so kept out of the default run
+@pytest.mark.xfail(strict=True, reason="measured: with the defaults (N = 10, B = 10) the ELBO is "
+                   "~-70.0, about 1 nat below AutoNormal's ~-69.0 at the same budget; ~50-100 "
+                   "components are needed on this 31-d posterior (eigenvalues 1-86)")
 def test_isomix_defaults_elbo_at_least_autonormal(data):
     engine = gf.IsoGaussianMixtureVI(logistic_model)
     _, (ours, ours_se), (auto, auto_se) = fit(engine, DEFAULT_STEPS, data)
