@@ -65,7 +65,16 @@ def step(state: KSDDState, score_fn: Callable, kernel: Kernel,
     (value, (log_density, h)), grad = jax.value_and_grad(ksd_squared, has_aux=True)(
         state.particles, score_fn, kernel, batch_key)
     # plain gradient of F, as in the paper (its step sizes refer to it); grad_{x_i} F = O(1/n)
-    updates, opt_state = optimizer.update(grad, state.opt_state, state.particles)
+    if isinstance(optimizer, optax.GradientTransformationExtraArgs):
+        # a line search (optax.lbfgs, the paper's L-BFGS) evaluates F itself: same batch,
+        # same kernel scale as this step's gradient
+        def value_fn(x):
+            return stein_kernel_mean(kernel, x, score_fn(x, batch_key)[1], h)
+
+        updates, opt_state = optimizer.update(grad, state.opt_state, state.particles,
+                                              value=value, grad=grad, value_fn=value_fn)
+    else:
+        updates, opt_state = optimizer.update(grad, state.opt_state, state.particles)
     particles = optax.apply_updates(state.particles, updates)
     info = KSDDInfo(value, jnp.mean(jnp.sum(grad**2, -1)), h, jnp.mean(log_density))
     return KSDDState(particles, opt_state, rng_key), info

@@ -70,8 +70,11 @@ class KSDD(ParticleEngine):
     Args:
         model: a NumPyro model with continuous latent sites.
         num_particles: particles for ``run`` (``MCMC`` takes ``num_chains``).
-        step_size: plain gradient-descent step on ``F`` (``x -= step_size * grad F``), as in the
-            paper; or pass ``optimizer=`` (any optax transformation; it gets ``grad F``).
+        step_size: None (default): L-BFGS on ``F`` (``optax.lbfgs``: memory 10, zoom line
+            search on ``F`` itself), the optimizer the paper recommends, with no step to tune;
+            or a plain gradient-descent step (``x -= step_size * grad F``), as in the paper's
+            step-size experiments; or pass ``optimizer=`` (any optax transformation; it gets
+            ``grad F``, and a line-search one also ``F``).
         optimizer: an optax ``GradientTransformation`` instead of ``step_size``.
         init_strategy: NumPyro init strategy per particle.
         precondition: ``"laplace"`` (default) or ``None``: as `SVGD`'s (the bets are then
@@ -103,8 +106,10 @@ class KSDD(ParticleEngine):
         super().__init__(model, num_particles=num_particles, init_strategy=init_strategy,
                          precondition=precondition)
         if step_size is None and optimizer is None:
-            raise ValueError("KSDD needs step_size (or optimizer=); CoinKSDD needs neither")
-        self.optimizer = as_optimizer(step_size, optimizer, default=optax.sgd)
+            # the paper's own choice: L-BFGS on F with a line search (no step to tune)
+            self.optimizer = optax.lbfgs()
+        else:
+            self.optimizer = as_optimizer(step_size, optimizer, default=optax.sgd)
         self.kernel = IMQKernel() if kernel is None else _check_kernel(kernel)
 
     def _core_init(self, particles, rng_key, target):

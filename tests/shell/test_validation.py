@@ -238,7 +238,7 @@ BAD_HYPERPARAMETERS = [
     ("SVGD", {"step_size": 0.1, "optimizer": optax.sgd(0.1)}, ValueError,
      ["step_size", "optimizer"]),
     ("SVGD", {"optimizer": "adam"}, TypeError, ["optimizer", "optax"]),
-    ("KSDD", {"step_size": None}, ValueError, ["step_size", "optimizer"]),
+    ("KSDD", {"optimizer": optax.sgd(0.1)}, ValueError, ["step_size", "optimizer"]),
     # counts
     ("IsoGaussianMixtureVI", {"num_components": 0}, ValueError, ["num_components", ">= 1"]),
     ("IsoGaussianMixtureVI", {"num_mc_samples": 0}, ValueError, ["num_mc_samples", ">= 1"]),
