@@ -44,7 +44,7 @@ def test_density_engine_defaults_reach_nuts_accuracy_on_an_uncentred_regression(
     assert err["max_sd_err"] < 0.1, err
 
 
-ENGINES = ("SVGD", "CoinSVGD", "CoinKSDD", "MSVGD", "SVMD", "CoinMSVGD", "SVNG",
+ENGINES = ("SVGD", "CoinSVGD", "KSDD", "CoinKSDD", "MSVGD", "SVMD", "CoinMSVGD", "SVNG",
            "IsoGaussianMixtureVI", "FBGVI", "MixFlow")
 
 
@@ -54,7 +54,7 @@ ENGINES = ("SVGD", "CoinSVGD", "CoinKSDD", "MSVGD", "SVMD", "CoinMSVGD", "SVNG",
 @pytest.mark.parametrize("engine", ENGINES)
 def test_every_engine_default_ends_finite(name, engine):
     # the floor: with its defaults every engine runs to the end with finite draws
-    # (KSDD has no default step and CoinLAWGD is for d <= 3: both refuse with a named error)
+    # (CoinLAWGD is for d <= 3: it refuses with a named error)
     post = posteriordb.load(name)
     eng = getattr(gf, engine)(post.model)
     res = eng.run(jax.random.key(0), 500, *post.args, progress_bar=False, **post.kwargs)
