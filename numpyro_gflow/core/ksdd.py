@@ -47,10 +47,12 @@ class KSDDInfo(NamedTuple):
     mean_log_density: jax.Array
 
 
-def ksd_squared(x, score_fn: Callable, kernel: Kernel, rng_key=None):
-    """``F(x)`` and aux ``(log_density, h)``; differentiable in ``x`` through the score."""
+def ksd_squared(x, score_fn: Callable, kernel: Kernel, rng_key=None, h=None):
+    """``F(x)`` and aux ``(log_density, h)``; differentiable in ``x`` through the score. The
+    kernel scale ``h`` is the kernel's at ``x`` (held fixed under differentiation) unless
+    given."""
     log_density, score = score_fn(x, rng_key)
-    h = lax.stop_gradient(bandwidth(kernel, x))
+    h = lax.stop_gradient(bandwidth(kernel, x) if h is None else h)
     # row-blocked above the kernel's block size: memory O(block * n), gradient included
     return stein_kernel_mean(kernel, x, score, h), (log_density, h)
 
@@ -69,7 +71,7 @@ def step(state: KSDDState, score_fn: Callable, kernel: Kernel,
         # a line search (optax.lbfgs, the paper's L-BFGS) evaluates F itself: same batch,
         # same kernel scale as this step's gradient
         def value_fn(x):
-            return stein_kernel_mean(kernel, x, score_fn(x, batch_key)[1], h)
+            return ksd_squared(x, score_fn, kernel, batch_key, h)[0]
 
         updates, opt_state = optimizer.update(grad, state.opt_state, state.particles,
                                               value=value, grad=grad, value_fn=value_fn)

@@ -178,6 +178,9 @@ class IsoGaussianMixtureVI(DensityEngine):
     def _core_step(self, state, target):
         return step(state, target.score_fn(), self.num_mc_samples, self.variance_update)
 
+    def _shrink_step(self, state, factor):
+        return state._replace(step_size=state.step_size * factor)
+
     def _points(self, state):
         return state.means
 
