@@ -5,7 +5,8 @@ on a domain gives a dual variable ``eta = grad psi(theta)`` in R^k; ``theta = gr
 
 * `EntropicSimplex` -- negative entropy on the simplex: ``eta_i = log theta_i - log theta_D``
   (first D-1 coordinates free), ``theta = softmax([eta, 0])``, ``log det = sum_i log theta_i``.
-* `EntropicPositive` -- ``theta log theta - theta``: ``eta = log theta``.
+* `EntropicPositive` -- ``theta log theta - theta``: ``eta = log theta`` (shifted to
+  ``(a, inf)`` for ``greater_than(a)``: ``eta = log(theta - a)``).
 * `EntropicBox` -- the entropic map of the box scaled to ``(a, b)``: ``u = tanh(eta / 2)``,
   ``theta = a + (b - a)(u + 1) / 2``.
 * `MirrorMap` -- the identity (unconstrained blocks).
@@ -60,13 +61,19 @@ class EntropicSimplex(MirrorMap):
 
 
 class EntropicPositive(MirrorMap):
+    """``(theta - a) log (theta - a) - theta`` on ``(a, inf)`` (``a = 0``: the positive reals):
+    ``eta = log(theta - a)``, ``theta = a + exp(eta)``."""
+
     name = "entropic-positive"
 
+    def __init__(self, low=0.0):
+        self.low = low
+
     def to_primal(self, eta):
-        return jnp.exp(eta)
+        return self.low + jnp.exp(eta)
 
     def to_dual(self, theta):
-        return jnp.log(theta)
+        return jnp.log(theta - self.low)
 
     def log_det(self, eta):
         return jnp.sum(eta)

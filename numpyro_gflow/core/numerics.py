@@ -26,6 +26,7 @@ __all__ = [
     "hvp",
     "laplace",
     "lower_factor",
+    "replace_stragglers",
     "smallest_curvature",
     "spread_starts",
     "whitening",
@@ -211,6 +212,30 @@ def best_laplace(log_p: Callable, starts, map_steps: int, newton_steps: int = NE
     ok = jnp.isfinite(values) & jnp.all(jnp.isfinite(factors), axis=(1, 2))
     best = jnp.argmax(jnp.where(ok, values, -jnp.inf))
     return modes[best], factors[best]
+
+
+def replace_stragglers(log_p: Callable, z, slack=None):
+    """Rows of ``z`` (n, d) whose ``log_p`` is non-finite or more than ``slack`` below the
+    highest are replaced by copies of the others (round-robin, best first). Default slack:
+    ``max(20, d)`` nats. A Gaussian posterior's typical draws sit ``d/2 +- sqrt(d/2)`` below its
+    mode, so a point climbed to within the slack is in the bulk; one far below it is on a mode
+    of negligible mass or stuck where the density is absurd (posteriordb's ARMA(1, 1): a
+    uniform start with an explosive ``theta`` has a finite log density of -4e26 and an
+    overflowing gradient, and a mixture component left there blows up at the first step).
+    A uniform-weight mixture puts 1/n of its mass on each component, so neither belongs in it.
+    If no row is finite, ``z`` is returned unchanged."""
+    n, d = z.shape
+    slack = max(20.0, float(d)) if slack is None else slack
+    values = jax.vmap(log_p)(z)
+    values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
+    keep = values >= jnp.max(values) - slack
+    order = jnp.argsort(-values)                       # best first
+    num_keep = jnp.maximum(jnp.sum(keep), 1)
+    # the j-th straggler takes the (j mod num_keep)-th best kept row
+    rank = jnp.cumsum(~keep) - 1
+    donor = order[jnp.mod(rank, num_keep)]
+    out = jnp.where(keep[:, None], z, z[donor])
+    return jnp.where(jnp.any(jnp.isfinite(values)), out, z)
 
 
 def spread_starts(x, rng_key, num: int, radius: float = 2.0):

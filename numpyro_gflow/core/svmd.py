@@ -90,7 +90,11 @@ class SVMDInfo(NamedTuple):
 
 
 def apply_hessian_psi(ev: MirrorEval, slices):
-    """v_m -> grad^2 psi(th_m) v_m = J_m^{-1} v_m, block by block."""
+    """v_m -> grad^2 psi(th_m) v_m = J_m^{-1} v_m, block by block (or ``ev.hessian_psi``:
+    affine dual coordinates, see `msvgd.preconditioned`)."""
+    if ev.hessian_psi is not None:
+        return ev.hessian_psi
+
     def middle(inner):
         out = []
         for (lo, hi), J in zip(slices, ev.jacobians):

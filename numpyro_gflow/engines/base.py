@@ -398,7 +398,8 @@ class ParticleEngine(EnsembleKernel, Engine):
         if self.precondition is None:
             return self._core_init(z, rng_key, target)
         starts = spread_starts(z[0], jax.random.fold_in(rng_key, 11), LAPLACE_STARTS)
-        mode, whiten = best_laplace(target.log_density, starts, LAPLACE_MAP_STEPS)
+        mode, whiten = best_laplace(self._particle_log_density(target), starts,
+                                    LAPLACE_MAP_STEPS)
         coords = Affine.of(mode, whiten)
         if given:
             u = jnp.linalg.solve(whiten, (z - mode).T).T
@@ -406,6 +407,11 @@ class ParticleEngine(EnsembleKernel, Engine):
             u = jax.random.uniform(jax.random.fold_in(rng_key, 12), z.shape, z.dtype, -2.0, 2.0)
         core = self._core_init(u, rng_key, target._replace(coords=coords))
         return PreconditionedState(core, coords, getattr(core, "rng_key", rng_key))
+
+    def _particle_log_density(self, target: Target) -> Callable:
+        """The log density of one point in the particles' own coordinates (NumPyro's
+        unconstrained space; the mirrored engines' dual space)."""
+        return target.log_density
 
     def _step(self, state, target: Target):
         if not isinstance(state, PreconditionedState):

@@ -17,7 +17,14 @@ from numpyro_gflow.core.isomix import (
     sample_mixture,
     step,
 )
-from numpyro_gflow.core.numerics import climb, curvature, laplace, lower_factor, whitening
+from numpyro_gflow.core.numerics import (
+    climb,
+    curvature,
+    laplace,
+    lower_factor,
+    replace_stragglers,
+    whitening,
+)
 from numpyro_gflow.engines.base import DensityEngine, Target
 from numpyro_gflow.result import InferenceResult
 
@@ -43,7 +50,10 @@ class IsoGaussianMixtureVI(DensityEngine):
             where the curvature is not positive); or a common float (the paper uses 5).
         map_steps: Adam steps (lr 0.05) of ascent on ``log pi`` from each initial mean before
             the flow starts (default 200; 0 for none); each component climbs its own hill, which
-            helps components start on different modes.
+            helps components start on different modes. A component whose climb ends more than
+            ``max(20, d)`` nats below the best one (a mode of negligible mass, or a start where
+            the density is absurd) restarts from a copy of a better one
+            (`numerics.replace_stragglers`).
         init_strategy: per-component NumPyro init strategy for the means (default
             ``init_to_uniform``: U(-2, 2) in the unconstrained space; the paper draws means
             from U(-5, 5)^d, i.e. ``init_to_uniform(radius=5)``).
@@ -123,6 +133,10 @@ class IsoGaussianMixtureVI(DensityEngine):
             # on ill-conditioned posteriors (posteriordb's kidiq: 13 sds off), and the
             # preconditioner is the Hessian at the best of these points
             particles = jax.vmap(lambda x: laplace(log_p, x, 0)[0])(particles)
+        if self.map_steps:
+            # a climb that ended far below the best (a negligible mode, or stuck where the
+            # density is absurd) would put 1/N of the mass there: restart it from a good one
+            particles = replace_stragglers(log_p, particles)
         scale = self._scale(log_p, particles)
         if scale is not None:
             # curvatures (for the initial variances and the auto step) of the target in u

@@ -15,12 +15,19 @@ Maps, keyed by the site's NumPyro support (each site its own map):
 
 * ``simplex`` -- entropic (negative entropy): ``eta_i = log theta_i - log theta_D`` (first D-1
   coordinates free), ``theta = softmax([eta, 0])``, ``log det = sum_i log theta_i`` (all D).
-* ``positive`` -- entropic ``theta log theta - theta``: ``eta = log theta``.
+* ``positive`` -- entropic ``theta log theta - theta``: ``eta = log theta``; ``greater_than(a)``
+  (and ``greater_than_eq``) the same shifted: ``eta = log(theta - a)``.
 * ``interval(a, b)`` (incl. ``unit_interval``) -- the entropic map of the box scaled to
   ``(a, b)``: ``u = tanh(eta / 2)``, ``theta = a + (b - a)(u + 1) / 2``.
 * ``real`` / ``real_vector`` -- identity (MSVGD is then SVGD on that block).
-* anything else raises ``ValueError`` naming the site and constraint, unless the engine gets
-  ``fallback="numpyro"``: then NumPyro's own bijection stands in as the map for that site.
+* anything else (ordered vectors, Cholesky factors, ...): NumPyro's own bijection stands in as
+  the map for that site (``fallback="numpyro"``, the default), so those coordinates move as in
+  SVGD; with ``fallback=None`` such a site is a ``ValueError`` naming it and its constraint.
+
+With ``precondition="laplace"`` (MSVGD's and Coin MSVGD's default) the particles move in
+affine coordinates ``u`` of the dual, ``eta = m + W u`` with ``m`` the dual target's mode and
+``W W^T`` its inverse Hessian there (`numpyro_gflow.core.msvgd.preconditioned`: still MSVGD,
+with the mirror map ``psi*(m + W u)`` and the kernel on ``W^{-1} theta``).
 """
 
 from __future__ import annotations
@@ -85,6 +92,8 @@ def mirror_map_for(site: str, support, fallback: str | None = None) -> MirrorMap
         return EntropicSimplex()
     if base is constraints.positive:
         return EntropicPositive()
+    if isinstance(base, constraints.greater_than):   # also greater_than_eq: same interior
+        return EntropicPositive(base.lower_bound)
     if (isinstance(base, constraints.interval)
             and not isinstance(base, constraints.integer_interval)):
         return EntropicBox(base.lower_bound, base.upper_bound)
@@ -92,8 +101,8 @@ def mirror_map_for(site: str, support, fallback: str | None = None) -> MirrorMap
         return NumPyroTransformMirror(support)
     raise ValueError(
         f"site {site!r} has support {support}, which has no mirror map (supported: real, "
-        "positive, interval/unit_interval, simplex). Pass fallback='numpyro' to use NumPyro's "
-        "own transform for it."
+        "positive, greater_than, interval/unit_interval, simplex). Pass fallback='numpyro' (the "
+        "default) to use NumPyro's own transform for it."
     )
 
 
@@ -164,10 +173,9 @@ class MirroredTarget:
 class _MirroredEngine(ParticleEngine):
     """Particles live in mirror coordinates; results and MCMC samples are NumPyro's."""
 
-    supports_precondition = False
-
-    def __init__(self, model, *, num_particles, init_strategy, fallback):
-        super().__init__(model, num_particles=num_particles, init_strategy=init_strategy)
+    def __init__(self, model, *, num_particles, init_strategy, fallback, precondition=None):
+        super().__init__(model, num_particles=num_particles, init_strategy=init_strategy,
+                         precondition=precondition)
         if fallback not in (None, "numpyro"):
             raise ValueError(f"fallback must be None or 'numpyro', got {fallback!r}")
         self.fallback = fallback
@@ -190,10 +198,18 @@ class _MirroredEngine(ParticleEngine):
             )
 
     def _eval(self, target: Target):
-        """The mirrored cores' ``eval_fn`` and the sites' coordinate slices, for this target."""
+        """The mirrored cores' ``eval_fn`` and the sites' coordinate slices, for this target
+        (in the affine coordinates ``target.coords`` of the dual where it has them)."""
         mirror = self._mirror(target.bridge)
         slices = tuple(mirror.slices[k] for k in target.bridge.site_names)
-        return mirror.eval_fn(target.model_args, target.model_kwargs), slices
+        eval_fn = mirror.eval_fn(target.model_args, target.model_kwargs)
+        if target.coords is None:
+            return eval_fn, slices
+        return msvgd.preconditioned(eval_fn, slices, target.coords.shift, target.coords.scale)
+
+    def _particle_log_density(self, target: Target):
+        mirror = self._mirror(target.bridge)
+        return lambda eta: mirror.log_density(eta, target.model_args, target.model_kwargs)
 
     def _from_unconstrained(self, z, bridge):
         return jax.vmap(self._mirror(bridge).from_unconstrained)(z)
@@ -209,13 +225,22 @@ class MSVGD(_MirroredEngine):
     """Mirrored SVGD (Shi, Liu & Mackey 2022) on a NumPyro model with constrained sites.
 
     Args:
-        model: a NumPyro model; each latent site's support must have a mirror map (see the
-            module docs) unless ``fallback="numpyro"``.
+        model: a NumPyro model; sites whose support has a mirror map (simplex, positive,
+            greater_than, interval) move in its dual, the others by NumPyro's transform.
         num_particles: particles for ``run``.
         step_size: step size of the default optimizer (the SVGD reference AdaGrad), or pass an
             optax ``optimizer=`` (the authors' constrained runs use RMSprop, lr 0.1).
         kernel: on the primal coordinates; RBF with median heuristic (default) or IMQ.
-        fallback: ``"numpyro"`` to use NumPyro's transform for sites without a mirror map.
+        fallback: ``"numpyro"`` (default): NumPyro's transform for sites without a mirror map;
+            ``None``: such a site is a ``ValueError``.
+        precondition: ``"laplace"`` (default): the particles move in affine coordinates of the
+            dual, ``eta = m + W u``, with ``m`` the dual target's mode and ``W W^T`` the inverse
+            Hessian there (`SVGD`'s Laplace start and whitening, for the dual), starting
+            uniform in ``(-2, 2)`` of ``u``; the method is still MSVGD, with mirror map
+            ``psi*(m + W u)`` and the kernel on ``W^{-1} theta`` (see the module docs).
+            Without it a posterior whose scales are far from 1 or whose parameters correlate
+            strongly is out of reach of one step size (posteriordb's earnings regression: 80
+            sds off). ``None``: the paper's algorithm in the dual coordinates.
 
     Cost per step: n gradients of the dual density, n site Jacobians (k x k per site of size
     k), O(n^2 d + n^2 k^2) kernel work.
@@ -224,10 +249,11 @@ class MSVGD(_MirroredEngine):
     objective = "stein_sq_norm"
 
     def __init__(self, model, *, num_particles: int | None = 50, step_size: float | None = None,
-                 optimizer=None, kernel: Kernel | None = None, fallback: str | None = None,
-                 trace_ksd: bool = False, init_strategy=init_to_uniform):
+                 optimizer=None, kernel: Kernel | None = None, fallback: str | None = "numpyro",
+                 trace_ksd: bool = False, init_strategy=init_to_uniform,
+                 precondition: str | None = "laplace"):
         super().__init__(model, num_particles=num_particles, init_strategy=init_strategy,
-                         fallback=fallback)
+                         fallback=fallback, precondition=precondition)
         self.trace_ksd = _check_flag("trace_ksd", trace_ksd)
         if step_size is None and optimizer is None:
             step_size = 0.05
@@ -255,11 +281,11 @@ class CoinMSVGD(MSVGD):
     tolerates_non_finite_objective = True
 
     def __init__(self, model, *, num_particles: int | None = 50, kernel: Kernel | None = None,
-                 alpha: float = 0.0, fallback: str | None = None, trace_ksd: bool = False,
-                 init_strategy=init_to_uniform):
+                 alpha: float = 0.0, fallback: str | None = "numpyro", trace_ksd: bool = False,
+                 init_strategy=init_to_uniform, precondition: str | None = "laplace"):
         super().__init__(model, num_particles=num_particles, optimizer=coin_betting(alpha),
                          kernel=kernel, fallback=fallback, trace_ksd=trace_ksd,
-                         init_strategy=init_strategy)
+                         init_strategy=init_strategy, precondition=precondition)
 
 
 class SVMD(MSVGD):
@@ -271,18 +297,28 @@ class SVMD(MSVGD):
     ``eigen_threshold`` (0.98) of the Gram spectrum (jitter 1e-5). With a constant kernel it
     reduces to mirror descent. Default kernel IMQ, as in the authors' code.
 
+    ``precondition`` defaults to ``None`` here (the paper's dual coordinates): SVMD weights
+    its kernel by ``grad^2 psi``, which grows like ``1 / theta`` towards a simplex's faces, and
+    the Laplace start (+-2 sds of the dual mode) puts particles deep into those corners, where
+    the weighted directions are 1e6 times larger than at a uniform start (a sparse Dirichlet:
+    diverged at step 417, where the dual start converges). ``precondition="laplace"`` is the
+    better choice for models whose scales or correlations are far from 1 and whose constrained
+    sites are positive or bounded (posteriordb: earnings regression 0.26 sds off with it, 930
+    without; ARMA(1, 1) 0.02 with it, non-finite without).
+
     Cost per step: MSVGD's plus an n x n eigen-decomposition, O(n^2 d J) for J kept eigenpairs,
     and a k x k solve per particle and site.
     """
 
     def __init__(self, model, *, num_particles: int | None = 50, step_size: float | None = None,
                  optimizer=None, kernel: Kernel | None = None, eigen_threshold: float = 0.98,
-                 fallback: str | None = None, trace_ksd: bool = False,
-                 init_strategy=init_to_uniform):
+                 fallback: str | None = "numpyro", trace_ksd: bool = False,
+                 init_strategy=init_to_uniform, precondition: str | None = None):
         super().__init__(model, num_particles=num_particles, step_size=step_size,
                          optimizer=optimizer,
                          kernel=IMQKernel(bandwidth="median") if kernel is None else kernel,
-                         fallback=fallback, trace_ksd=trace_ksd, init_strategy=init_strategy)
+                         fallback=fallback, trace_ksd=trace_ksd, init_strategy=init_strategy,
+                         precondition=precondition)
         self.eigen_threshold = unit_fraction("eigen_threshold", eigen_threshold)
 
     def _core_step(self, state, target):

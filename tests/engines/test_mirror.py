@@ -70,11 +70,23 @@ def test_quadratic_simplex_target_matches_nuts():
     mcmc = MCMC(NUTS(quadratic_on_simplex), num_warmup=1000, num_samples=10000, progress_bar=False)
     mcmc.run(jax.random.key(1))
     ref = np.asarray(mcmc.get_samples()["p"])
-    for eng in (gf.MSVGD(quadratic_on_simplex, num_particles=100, optimizer=optax.rmsprop(0.05)),
-                gf.CoinMSVGD(quadratic_on_simplex, num_particles=100)):
+    # the paper's algorithm (dual coordinates): measured max mean err 0.054 (MSVGD), 0.063
+    for eng in (gf.MSVGD(quadratic_on_simplex, num_particles=100, optimizer=optax.rmsprop(0.05),
+                         precondition=None),
+                gf.CoinMSVGD(quadratic_on_simplex, num_particles=100, precondition=None)):
         p = np.asarray(eng.run(jax.random.key(0), 1500, progress_bar=False).get_samples()["p"])
         err = np.abs(p.mean(0) - ref.mean(0)) / ref.std(0)
         assert np.all(err < 0.1), (type(eng).__name__, err)
+    # the defaults (Laplace-whitened dual): measured max mean err 0.125 / 0.10 and max sd err
+    # 0.36 / 0.34 -- worse than the paper's coordinates on this well-scaled simplex target
+    # (docs/engines/mirrored.md), so the bounds are looser; a run that had not moved from its
+    # start would be > 1 sd off
+    for eng in (gf.MSVGD(quadratic_on_simplex, num_particles=100),
+                gf.CoinMSVGD(quadratic_on_simplex, num_particles=100)):
+        p = np.asarray(eng.run(jax.random.key(0), 1500, progress_bar=False).get_samples()["p"])
+        err = np.abs(p.mean(0) - ref.mean(0)) / ref.std(0)
+        assert np.all(err < 0.2), (type(eng).__name__, err)
+        assert np.all(np.abs(p.std(0) / ref.std(0) - 1) < 0.45), type(eng).__name__
 
 
 def test_sparse_dirichlet_mirrored_beat_stick_breaking_svgd():
@@ -84,8 +96,12 @@ def test_sparse_dirichlet_mirrored_beat_stick_breaking_svgd():
     steps = 1000
     rms = optax.rmsprop(0.1)   # the authors' optimizer for the constrained runs
     ed = {}
-    for name, eng in {"MSVGD": gf.MSVGD(sparse_dirichlet, num_particles=50, optimizer=rms),
-                      "CoinMSVGD": gf.CoinMSVGD(sparse_dirichlet, num_particles=50),
+    # the paper's algorithm: dual coordinates (defaults: test_greater_than_map_... and the
+    # posteriordb tests)
+    for name, eng in {"MSVGD": gf.MSVGD(sparse_dirichlet, num_particles=50, optimizer=rms,
+                                        precondition=None),
+                      "CoinMSVGD": gf.CoinMSVGD(sparse_dirichlet, num_particles=50,
+                                                precondition=None),
                       "SVGD": gf.SVGD(sparse_dirichlet, num_particles=50, optimizer=rms)}.items():
         p = eng.run(jax.random.key(0), steps, progress_bar=False).get_samples()["p"]
         ed[name] = energy_distance(p, ref, scale_by=None)
@@ -100,11 +116,33 @@ def test_unsupported_constraint_is_named_and_fallback_works():
         numpyro.sample("L", dist.LKJCholesky(3, 1.0))
 
     with pytest.raises(ValueError, match=r"'L' has support .* no mirror map"):
-        gf.MSVGD(model, num_particles=6).run(jax.random.key(0), 2, progress_bar=False)
-    s = gf.MSVGD(model, num_particles=6, fallback="numpyro").run(
-        jax.random.key(0), 20, progress_bar=False).get_samples()
-    assert s["L"].shape == (6, 3, 3)
-    np.testing.assert_allclose(jnp.sum(s["L"] ** 2, -1), 1.0, atol=1e-5)  # unit-norm rows
+        gf.MSVGD(model, num_particles=6, fallback=None).run(jax.random.key(0), 2,
+                                                            progress_bar=False)
+    for eng in (gf.MSVGD(model, num_particles=6), gf.SVMD(model, num_particles=6),
+                gf.MSVGD(model, num_particles=6, fallback="numpyro", precondition=None)):
+        s = eng.run(jax.random.key(0), 20, progress_bar=False).get_samples()
+        assert s["L"].shape == (6, 3, 3)
+        np.testing.assert_allclose(jnp.sum(s["L"] ** 2, -1), 1.0, atol=1e-5)  # unit-norm rows
+
+
+def pareto_and_ordered():
+    # greater_than(2) (a shifted entropic map) and an ordered vector (no mirror map: NumPyro's
+    # transform by default) next to each other
+    numpyro.sample("x", dist.Pareto(2.0, 5.0))
+    numpyro.sample("o", dist.TransformedDistribution(
+        dist.Normal(0.0, 1.0).expand([3]).to_event(1), dist.transforms.OrderedTransform()))
+
+
+def test_greater_than_map_and_default_fallback():
+    # Pareto(2, 5): mean 2.5, sd 0.645, support (2, inf). 200 particles: the mean's error
+    # ~0.07 sd if they were iid; SVGD-type particles do better. Bound 0.2 sd; a map that
+    # ignored the shift (theta = exp(eta)) would leave particles below 2.
+    for eng in (gf.MSVGD(pareto_and_ordered, num_particles=200),
+                gf.CoinMSVGD(pareto_and_ordered, num_particles=200)):
+        s = eng.run(jax.random.key(0), 1000, progress_bar=False).get_samples()
+        assert bool(jnp.all(s["x"] >= 2.0))   # (2 + exp(eta) rounds to 2 in float32 near 2)
+        assert abs(float(jnp.mean(s["x"])) - 2.5) < 0.2 * 0.645, float(jnp.mean(s["x"]))
+        assert bool(jnp.all(jnp.diff(s["o"], axis=-1) > 0))
 
 
 def test_mirrored_engine_as_mcmc_kernel():
