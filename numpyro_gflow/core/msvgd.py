@@ -87,28 +87,36 @@ def preconditioned(eval_fn: Callable, slices: tuple, shift, scale) -> tuple[Call
 
     This is MSVGD itself with the mirror map ``psi_u*(u) = psi*(shift + W u)`` (convex: an
     affine map of a convex function), whose primal is ``W^T theta`` and whose
-    ``grad^2 psi_u^{-1} = W^T J W``, and with the kernel acting on ``theta_hat = W^{-1} theta``
-    (any positive-definite kernel of the primal is allowed). By the chain rule the repulsion
-    ``W^T J W grad_{W^T theta} k`` is ``(W^T J W^{-T}) grad_{theta_hat} k``, so the cores run
+    ``grad^2 psi_u^{-1} = W^T J W``, and with the kernel acting on ``theta_hat = P theta``, ``P
+    = (J_0 W)^{-1}`` (``J_0`` the Jacobian at ``shift``: near the mode ``theta_hat ~ u``, the
+    primal whitened by the dual's Laplace scale pushed through the map; any positive-definite
+    kernel of the primal is allowed). By the chain rule the repulsion
+    ``W^T J W grad_{W^T theta} k`` is ``(W^T J P^T) grad_{theta_hat} k``, so the cores run
     unchanged on one block with primal ``theta_hat``, score ``W^T s(eta)`` and Jacobian
-    ``W^T J W^{-T}`` (``J`` block-diagonal over the sites, the identity for identity maps).
+    ``W^T J P^T`` (``J`` block-diagonal over the sites, the identity for identity maps).
     On identity maps this is SVGD in whitened coordinates. SVMD's ``grad^2 psi_u`` is
     ``W^{-1} J^{-1} W^{-T}``, applied with ``J``'s own blocks (``hessian_psi``): solving with
-    the mixed ``W^T J W^{-T}`` instead loses float32 precision where ``J`` is near-singular
+    the mixed ``W^T J P^T`` instead loses float32 precision where ``J`` is near-singular
     (a sparse Dirichlet's corners)."""
     W = scale
     W_inv = jnp.linalg.inv(W)
     d = W.shape[0]
-    theta_ref = eval_fn(shift[None], None).primal[0]
+
+    def full_jacobian(jacobians, n, dtype):
+        J = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d))
+        for (lo, hi), Jb in zip(slices, jacobians):
+            if Jb is not None:
+                J = J.at[:, lo:hi, lo:hi].set(Jb)
+        return J
+
+    ref = eval_fn(shift[None], None)
+    theta_ref = ref.primal[0]
+    P = W_inv @ jnp.linalg.inv(full_jacobian(ref.jacobians, 1, W.dtype)[0])   # (J_0 W)^{-1}
 
     def evaluate(u, rng_key=None):
         ev = eval_fn(shift + u @ W.T, rng_key)
-        n = u.shape[0]
-        J = jnp.broadcast_to(jnp.eye(d, dtype=u.dtype), (n, d, d))
-        for (lo, hi), Jb in zip(slices, ev.jacobians):
-            if Jb is not None:
-                J = J.at[:, lo:hi, lo:hi].set(Jb)
-        jac = jnp.einsum("ba,nbc,dc->nad", W, J, W_inv)        # W^T J W^{-T}
+        J = full_jacobian(ev.jacobians, u.shape[0], u.dtype)
+        jac = jnp.einsum("ba,nbc,dc->nad", W, J, P)             # W^T J P^T
 
         def hessian_psi(v):
             v = v @ W_inv                                        # W^{-T} v per particle
@@ -118,7 +126,7 @@ def preconditioned(eval_fn: Callable, slices: tuple, shift, scale) -> tuple[Call
                 out.append(b if Jb is None else jnp.linalg.solve(Jb, b[..., None])[..., 0])
             return jnp.concatenate(out, axis=1) @ W_inv.T          # W^{-1} J^{-1} W^{-T} v
 
-        return MirrorEval(ev.log_density, ev.score @ W, (ev.primal - theta_ref) @ W_inv.T,
+        return MirrorEval(ev.log_density, ev.score @ W, (ev.primal - theta_ref) @ P.T,
                           (jac,), hessian_psi)
 
     return evaluate, ((0, d),)

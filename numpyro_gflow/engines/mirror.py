@@ -27,7 +27,8 @@ Maps, keyed by the site's NumPyro support (each site its own map):
 With ``precondition="laplace"`` (MSVGD's and Coin MSVGD's default) the particles move in
 affine coordinates ``u`` of the dual, ``eta = m + W u`` with ``m`` the dual target's mode and
 ``W W^T`` its inverse Hessian there (`numpyro_gflow.core.msvgd.preconditioned`: still MSVGD,
-with the mirror map ``psi*(m + W u)`` and the kernel on ``W^{-1} theta``).
+with the mirror map ``psi*(m + W u)`` and the kernel on ``(J_0 W)^{-1} theta``, ``J_0`` the
+Jacobian d theta / d eta at ``m``).
 """
 
 from __future__ import annotations
@@ -237,7 +238,8 @@ class MSVGD(_MirroredEngine):
             dual, ``eta = m + W u``, with ``m`` the dual target's mode and ``W W^T`` the inverse
             Hessian there (`SVGD`'s Laplace start and whitening, for the dual), starting
             uniform in ``(-2, 2)`` of ``u``; the method is still MSVGD, with mirror map
-            ``psi*(m + W u)`` and the kernel on ``W^{-1} theta`` (see the module docs).
+            ``psi*(m + W u)`` and the kernel on the primal whitened by the same scale (see the
+            module docs).
             Without it a posterior whose scales are far from 1 or whose parameters correlate
             strongly is out of reach of one step size (posteriordb's earnings regression: 80
             sds off). ``None``: the paper's algorithm in the dual coordinates.
@@ -248,7 +250,7 @@ class MSVGD(_MirroredEngine):
 
     objective = "stein_sq_norm"
 
-    def __init__(self, model, *, num_particles: int | None = 50, step_size: float | None = None,
+    def __init__(self, model, *, num_particles: int | None = 100, step_size: float | None = None,
                  optimizer=None, kernel: Kernel | None = None, fallback: str | None = "numpyro",
                  trace_ksd: bool = False, init_strategy=init_to_uniform,
                  precondition: str | None = "laplace"):
@@ -280,7 +282,7 @@ class CoinMSVGD(MSVGD):
     # step whose objective is NaN is recoverable: only a non-finite state stops the run
     tolerates_non_finite_objective = True
 
-    def __init__(self, model, *, num_particles: int | None = 50, kernel: Kernel | None = None,
+    def __init__(self, model, *, num_particles: int | None = 100, kernel: Kernel | None = None,
                  alpha: float = 0.0, fallback: str | None = "numpyro", trace_ksd: bool = False,
                  init_strategy=init_to_uniform, precondition: str | None = "laplace"):
         super().__init__(model, num_particles=num_particles, optimizer=coin_betting(alpha),
@@ -310,7 +312,7 @@ class SVMD(MSVGD):
     and a k x k solve per particle and site.
     """
 
-    def __init__(self, model, *, num_particles: int | None = 50, step_size: float | None = None,
+    def __init__(self, model, *, num_particles: int | None = 100, step_size: float | None = None,
                  optimizer=None, kernel: Kernel | None = None, eigen_threshold: float = 0.98,
                  fallback: str | None = "numpyro", trace_ksd: bool = False,
                  init_strategy=init_to_uniform, precondition: str | None = None):

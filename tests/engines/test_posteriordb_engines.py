@@ -96,3 +96,25 @@ def test_mirrored_defaults_on_an_uncentred_regression_with_a_positive_scale(engi
     err = post.errors(res.get_samples())
     assert err["max_mean_err"] < 0.15, err
     assert err["max_sd_err"] < 0.3, err
+
+
+def test_mirrored_engines_not_worse_than_unmirrored_on_a_positive_scale():
+    # eight schools (non-centred): tau > 0 with a half-Cauchy prior, the case (MSVGD
+    # and Coin MSVGD were 4.0-4.5 sds off, worse than Coin SVGD). With the defaults (100
+    # particles, Laplace-whitened coordinates, 1000 steps), tau's mean error in reference sds,
+    # measured seeds 0 / 1: MSVGD 0.80 / 0.84 vs SVGD 1.47 / 1.44; Coin MSVGD 0.69 / 0.76 vs
+    # Coin SVGD 0.67 / 0.77. Every Stein engine is far from NUTS here (tau's tail; see
+    # docs/engines/mirrored.md); the claim tested is the comparison. Margin 0.1 sd: about
+    # one standard error of a 100-particle mean, beyond the seed-to-seed spread measured.
+    post = posteriordb.load("eight_schools-eight_schools_noncentered")
+
+    def tau_err(engine):
+        res = getattr(gf, engine)(post.model).run(jax.random.key(0), 1000, *post.args,
+                                                  progress_bar=False, **post.kwargs)
+        err = post.errors(res.get_samples())
+        return float(err["mean_err"][err["names"].index("tau")])
+
+    svgd, msvgd = tau_err("SVGD"), tau_err("MSVGD")
+    assert msvgd < svgd, (msvgd, svgd)
+    coin, coin_m = tau_err("CoinSVGD"), tau_err("CoinMSVGD")
+    assert coin_m < coin + 0.1, (coin_m, coin)
