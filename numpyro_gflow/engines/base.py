@@ -161,6 +161,12 @@ class Engine(abc.ABC):
         times at most) and keeps the smaller step."""
         return None
 
+    def _step_acceptable(self, info):
+        """A traced bool: whether a finite step is good enough to keep (None: every finite
+        step is). With `_shrink_step`, a rejected step is retried with the step halved; one
+        still rejected after the last halving is kept."""
+        return None
+
     def _start(self, z, rng_key, target: Target, given: bool = False):
         """`_init_state`, compiled (and cached for the inputs' signature) where the engine's
         init is `traceable_init`; what ``run``, ``init_state`` and the MCMC adapter call."""

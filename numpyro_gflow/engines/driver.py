@@ -35,8 +35,9 @@ CHUNKS = 10
 #: a 1e5-row model, where 10 chunks of one step doubled a 10-step run)
 MIN_CHUNK_STEPS = 100
 #: an engine with a step size in its state (``Engine._shrink_step``) retries a step that made
-#: the state or objective non-finite with the step halved, up to this many times (1/32), and
-#: keeps the smaller step; only then does the NaN policy apply
+#: the state or objective non-finite (or that the engine's ``_step_acceptable`` rejects) with
+#: the step halved, up to this many times (1/32), and keeps the smaller step; only then does
+#: the NaN policy apply
 MAX_BACKTRACKS = 5
 
 
@@ -123,19 +124,25 @@ def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
                 return new, info, finite(new, info), jnp.asarray(0, jnp.int32)
 
             def again(c):
-                k, _, _, ok = c
-                return (k == 0) | (~ok & (k <= MAX_BACKTRACKS))
+                k, _, _, _, good = c
+                return (k == 0) | (~good & (k <= MAX_BACKTRACKS))
 
             def one(c):
                 k = c[0]
                 factor = (0.5 ** k.astype(jnp.float32))
                 new, info = engine._step(engine._shrink_step(state, factor), step_target)
-                return k + 1, new, info, finite(new, info)
+                ok = finite(new, info)
+                accept = engine._step_acceptable(info)
+                good = ok if accept is None else ok & accept
+                return k + 1, new, info, ok, good
 
             shapes = jax.eval_shape(lambda: engine._step(state, step_target))
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-            k, new, info, ok = lax.while_loop(
-                again, one, (jnp.asarray(0, jnp.int32), *zeros, jnp.asarray(False)))
+            false = jnp.asarray(False)
+            k, new, info, ok, _ = lax.while_loop(
+                again, one, (jnp.asarray(0, jnp.int32), *zeros, false, false))
+            # a finite step that is still not acceptable after the last halving is kept (the
+            # engine's own guard handles it); only a non-finite one is a failure
             return new, info, ok, k - 1
 
         def body(carry, xs):

@@ -87,3 +87,28 @@ def test_an_engine_without_a_step_in_its_state_is_not_retried():
     res = PoisonedDescent(model, 0.05, shrinkable=False).run(jax.random.key(0), 10,
                                                              progress_bar=False)
     assert "backtracks" not in (res.stats or {})
+
+
+class PickyDescent(PoisonedDescent):
+    """Finite at any step, but rejects steps longer than 0.1 (as IsoMix rejects a clipped IBW
+    factor): the driver halves such a step like a non-finite one."""
+
+    def _core_step(self, state, target):
+        log_p, score = target.score_fn()(state.particles, None)
+        x = state.particles + state.step_size * score
+        return state._replace(particles=x), Info(jnp.mean(log_p), state.step_size)
+
+    def _step_acceptable(self, info):
+        return info.step_size <= 0.1
+
+
+def test_a_rejected_finite_step_is_retried_smaller_and_one_still_rejected_is_kept():
+    res = PickyDescent(model, 1.0).run(jax.random.key(0), 30, progress_bar=False)
+    assert res.status == "ok" and res.stats["backtracks"] == 4
+    assert float(res.state.step_size) == 0.0625
+    # past the last halving (6.4 / 32 = 0.2 is still rejected): the finite step is kept, no
+    # failure, with the smallest step tried; the next step halves once more (0.1, accepted)
+    res = PickyDescent(model, 6.4).run(jax.random.key(0), 3, progress_bar=False)
+    assert res.status == "ok"
+    np.testing.assert_allclose(np.asarray(res.trace["step_size"]), [0.2, 0.1, 0.1], rtol=1e-6)
+    assert res.stats["backtracks"] == MAX_BACKTRACKS + 1
