@@ -71,6 +71,10 @@ class CoinBettingState(NamedTuple):
     grad_sum: optax.Updates        # G_t, running sum of c
     abs_grad_sum: optax.Updates    # A_t, running sum of |c|
     reward: optax.Updates          # R_t, clipped running reward
+    #: particles (rows of 2-D leaves; elements of others) restarted by the guard: in all
+    #: updates so far, and in the latest one (int32 scalars)
+    restarts: jax.Array | None = None
+    last_restarts: jax.Array | None = None
 
 
 def coin_betting(alpha: float = 0.0, initial_max: float = 1e-10) -> optax.GradientTransformation:
@@ -89,16 +93,20 @@ def coin_betting(alpha: float = 0.0, initial_max: float = 1e-10) -> optax.Gradie
 
     Guard (the paper's, made per particle): a row of a 2-D parameter (one particle) that turns
     non-finite restarts from its ``x_0`` with fresh betting state, so one blown-up particle
-    does not poison the others or stay stuck at NaN.
+    does not poison the others or stay stuck at NaN. The state counts the restarts
+    (``restarts``, ``last_restarts``): the engines report them and warn when the last step
+    restarted particles (a run whose particles are sent back to their start every step has
+    not moved, however normal its result looks).
     """
     alpha = nonnegative_float("alpha", alpha)
     initial_max = positive_float("initial_max", initial_max)
 
     def init_fn(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
+        none = jnp.asarray(0, jnp.int32)
         return CoinBettingState(
             params, jax.tree.map(lambda p: jnp.full_like(p, initial_max), params),
-            zeros, zeros, zeros)
+            zeros, zeros, zeros, none, none)
 
     def leaf(g, x, x0, L, G, A, R):
         c = -g
@@ -106,14 +114,18 @@ def coin_betting(alpha: float = 0.0, initial_max: float = 1e-10) -> optax.Gradie
         G = G + c
         A = A + jnp.abs(c)
         R = jnp.maximum(0.0, R + c * (x - x0))
-        new_x = x0 + G / (L * jnp.maximum(A + L, alpha * L)) * (L + R)
+        # = x0 + G / (L max(A + L, alpha L)) (L + R), in an order that cannot overflow: with
+        # directions ~1e32 (one particle at a finite but absurd density, e.g. ARMA's explosive
+        # starts at -1e34, drives every particle's kernel sum) L (A + L) is inf in float32,
+        # the bet 0, and no particle ever moved
+        new_x = x0 + G / jnp.maximum(A + L, alpha * L) * (1.0 + R / L)
         finite = jnp.isfinite(new_x)
         if new_x.ndim >= 2:  # rows are particles: restart a whole particle
             finite = jnp.all(finite, axis=tuple(range(1, new_x.ndim)), keepdims=True)
         new_x = jnp.where(finite, new_x, x0)
         L = jnp.where(finite, L, initial_max)
         G, A, R = (jnp.where(finite, v, 0.0) for v in (G, A, R))
-        return new_x - x, L, G, A, R
+        return new_x - x, L, G, A, R, jnp.sum(~finite).astype(jnp.int32)
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -124,6 +136,8 @@ def coin_betting(alpha: float = 0.0, initial_max: float = 1e-10) -> optax.Gradie
                                                       state.reward)]
         results = [leaf(*args) for args in zip(leaves, *others)]
         parts = [treedef.unflatten([r[i] for r in results]) for i in range(5)]
-        return parts[0], CoinBettingState(state.initial, *parts[1:])
+        count = sum(r[5] for r in results)
+        total = count if state.restarts is None else state.restarts + count
+        return parts[0], CoinBettingState(state.initial, *parts[1:], total, count)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -23,6 +23,7 @@ density; the result has a guide, fresh draws, ``log_q`` and an ELBO; not an MCMC
 from __future__ import annotations
 
 import abc
+import warnings
 from typing import Callable, NamedTuple
 
 import jax
@@ -33,6 +34,7 @@ from numpyro.util import is_prng_key
 from numpyro_gflow._validate import positive_int
 from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_args
 from numpyro_gflow.core.numerics import Affine, best_laplace, spread_starts
+from numpyro_gflow.core.optim import CoinBettingState
 from numpyro_gflow.engines import placement
 from numpyro_gflow.engines.driver import NonFiniteError, compile_engine, run_chunks
 from numpyro_gflow.engines.mcmc import EnsembleKernel
@@ -340,6 +342,21 @@ class Engine(abc.ABC):
         if self._shrink_step(init_state, 1.0) is not None:
             # steps that turned non-finite and were retried with the step halved (driver)
             result.stats = {**(result.stats or {}), "backtracks": backtracks}
+        coins = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(
+            x, CoinBettingState)) if isinstance(x, CoinBettingState) and x.restarts is not None]
+        if coins:
+            restarts = sum(int(c.restarts) for c in coins)
+            last = sum(int(c.last_restarts) for c in coins)
+            result.stats = {**(result.stats or {}), "coin_restarts": restarts}
+            if last and not failed_at and not interrupted:
+                warnings.warn(
+                    f"{type(self).__name__}: coin betting's guard restarted {last} of "
+                    f"{self.num_points} particles at the last step ({restarts} restarts in the "
+                    "run): their directions are non-finite, so they are sent back to their "
+                    "start instead of moving, and the result does not describe the posterior. "
+                    "Check the model's density at the initial points (a finite but absurd "
+                    "value, e.g. -1e30), or use precondition='laplace' where the engine takes "
+                    "it.", UserWarning, stacklevel=2)
         if failed_at:
             result.status = (f"stopped: non-finite state or objective at step {failed_at} of "
                              f"{num_steps}; the state and trace are those after step "
