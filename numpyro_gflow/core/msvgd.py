@@ -29,6 +29,7 @@ __all__ = [
     "init",
     "mirrored_direction",
     "preconditioned",
+    "solve_blocks",
     "step",
 ]
 
@@ -80,6 +81,16 @@ def mirrored_direction(kernel: Kernel, ev: MirrorEval, slices: tuple):
     return (drive + repulse) / n, h
 
 
+def solve_blocks(slices: tuple, jacobians: tuple, v):
+    """``J_m^{-1} v_m`` per particle, site block by site block (identity where a block's
+    Jacobian is None): ``grad^2 psi(theta_m) v_m``."""
+    out = []
+    for (lo, hi), J in zip(slices, jacobians):
+        b = v[:, lo:hi]
+        out.append(b if J is None else jnp.linalg.solve(J, b[..., None])[..., 0])
+    return jnp.concatenate(out, axis=1)
+
+
 def preconditioned(eval_fn: Callable, slices: tuple, shift, scale) -> tuple[Callable, tuple]:
     """``eval_fn`` and ``slices`` for particles in affine coordinates of the dual, ``eta = shift
     + scale u`` (``W = scale``, e.g. the inverse-Hessian factor at the dual target's mode: what
@@ -118,13 +129,8 @@ def preconditioned(eval_fn: Callable, slices: tuple, shift, scale) -> tuple[Call
         J = full_jacobian(ev.jacobians, u.shape[0], u.dtype)
         jac = jnp.einsum("ba,nbc,dc->nad", W, J, P)             # W^T J P^T
 
-        def hessian_psi(v):
-            v = v @ W_inv                                        # W^{-T} v per particle
-            out = []
-            for (lo, hi), Jb in zip(slices, ev.jacobians):
-                b = v[:, lo:hi]
-                out.append(b if Jb is None else jnp.linalg.solve(Jb, b[..., None])[..., 0])
-            return jnp.concatenate(out, axis=1) @ W_inv.T          # W^{-1} J^{-1} W^{-T} v
+        def hessian_psi(v):                                      # W^{-1} J^{-1} W^{-T} v
+            return solve_blocks(slices, ev.jacobians, v @ W_inv) @ W_inv.T
 
         return MirrorEval(ev.log_density, ev.score @ W, (ev.primal - theta_ref) @ P.T,
                           (jac,), hessian_psi)

@@ -13,6 +13,7 @@ from numpyro_gflow._validate import nonnegative_float, positive_float
 __all__ = [
     "svgd_adagrad",
     "coin_betting",
+    "coin_restarts",
     "as_optimizer",
 ]
 
@@ -75,6 +76,16 @@ class CoinBettingState(NamedTuple):
     #: updates so far, and in the latest one (int32 scalars)
     restarts: jax.Array | None = None
     last_restarts: jax.Array | None = None
+
+
+def coin_restarts(state) -> tuple[int, int] | None:
+    """``(in the run, at the last update)``: particles the coin-betting guard restarted, summed
+    over every `CoinBettingState` inside ``state`` (host ints; None if there is none)."""
+    coins = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, CoinBettingState))
+             if isinstance(x, CoinBettingState) and x.restarts is not None]
+    if not coins:
+        return None
+    return sum(int(c.restarts) for c in coins), sum(int(c.last_restarts) for c in coins)
 
 
 def coin_betting(alpha: float = 0.0, initial_max: float = 1e-10) -> optax.GradientTransformation:

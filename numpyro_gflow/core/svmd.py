@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from numpyro_gflow.core.kernels import Kernel, kernel_matrix, stein_discrepancy
-from numpyro_gflow.core.msvgd import MirrorEval, MSVGDState
+from numpyro_gflow.core.msvgd import MirrorEval, MSVGDState, solve_blocks
 
 __all__ = [
     "SVMDInfo",
@@ -94,14 +94,7 @@ def apply_hessian_psi(ev: MirrorEval, slices):
     affine dual coordinates, see `msvgd.preconditioned`)."""
     if ev.hessian_psi is not None:
         return ev.hessian_psi
-
-    def middle(inner):
-        out = []
-        for (lo, hi), J in zip(slices, ev.jacobians):
-            v = inner[:, lo:hi]
-            out.append(v if J is None else jnp.linalg.solve(J, v[..., None])[..., 0])
-        return jnp.concatenate(out, axis=1)
-    return middle
+    return lambda inner: solve_blocks(slices, ev.jacobians, inner)
 
 
 def step(state: MSVGDState, eval_fn: Callable, slices: tuple, kernel: Kernel, optimizer,

@@ -34,7 +34,7 @@ from numpyro.util import is_prng_key
 from numpyro_gflow._validate import positive_int
 from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_args
 from numpyro_gflow.core.numerics import Affine, best_laplace, spread_starts
-from numpyro_gflow.core.optim import CoinBettingState
+from numpyro_gflow.core.optim import coin_restarts
 from numpyro_gflow.engines import placement
 from numpyro_gflow.engines.driver import NonFiniteError, compile_engine, run_chunks
 from numpyro_gflow.engines.mcmc import EnsembleKernel
@@ -342,11 +342,9 @@ class Engine(abc.ABC):
         if self._shrink_step(init_state, 1.0) is not None:
             # steps that turned non-finite and were retried with the step halved (driver)
             result.stats = {**(result.stats or {}), "backtracks": backtracks}
-        coins = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(
-            x, CoinBettingState)) if isinstance(x, CoinBettingState) and x.restarts is not None]
-        if coins:
-            restarts = sum(int(c.restarts) for c in coins)
-            last = sum(int(c.last_restarts) for c in coins)
+        coins = coin_restarts(state)
+        if coins is not None:
+            restarts, last = coins
             result.stats = {**(result.stats or {}), "coin_restarts": restarts}
             if last and not failed_at and not interrupted:
                 warnings.warn(
