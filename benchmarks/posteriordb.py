@@ -72,6 +72,7 @@ GFLOW = {
     "CoinLAWGD": ("CoinLAWGD", {}),
     "MSVGD": ("MSVGD", {}),
     "SVMD": ("SVMD", {}),
+    "SVMD-dual": ("SVMD", {"precondition": None}),
     "CoinMSVGD": ("CoinMSVGD", {}),
     "SVNG": ("SVNG", {}),
     "IsoGaussianMixtureVI": ("IsoGaussianMixtureVI", {}),

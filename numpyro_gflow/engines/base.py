@@ -398,14 +398,17 @@ class ParticleEngine(EnsembleKernel, Engine):
     #: whether the engine can run in `precondition="laplace"` coordinates (the mirrored engines
     #: move in their own dual coordinates, CoinLAWGD on its own grid: no)
     supports_precondition: bool = True
+    #: the values ``precondition=`` takes
+    precondition_choices: tuple = ("laplace", None)
 
     def __init__(self, model, *, num_particles: int | None = 100, init_strategy=init_to_uniform,
                  precondition: str | None = None):
         super().__init__(model, init_strategy=init_strategy)
         self.num_particles = (None if num_particles is None
                               else positive_int("num_particles", num_particles, self.min_particles))
-        if precondition not in ("laplace", None):
-            raise ValueError(f"precondition must be 'laplace' or None, got {precondition!r}")
+        if precondition not in self.precondition_choices:
+            choices = " or ".join(repr(c) for c in self.precondition_choices)
+            raise ValueError(f"precondition must be {choices}, got {precondition!r}")
         if precondition is not None and not self.supports_precondition:
             raise ValueError(f"{type(self).__name__} does not take precondition=")
         self.precondition = precondition
@@ -416,7 +419,7 @@ class ParticleEngine(EnsembleKernel, Engine):
         point and `LAPLACE_STARTS` uniform starts (`numerics.best_laplace`); they start
         uniform in ``(-2, 2)`` there (about +-2 posterior sds around the mode on a
         Gaussian-like posterior), or at the given ``init_params``."""
-        if self.precondition is None:
+        if self._resolved_precondition(target) is None:
             return self._core_init(z, rng_key, target)
         starts = spread_starts(z[0], jax.random.fold_in(rng_key, 11), LAPLACE_STARTS)
         mode, whiten = best_laplace(self._particle_log_density(target), starts,
@@ -428,6 +431,10 @@ class ParticleEngine(EnsembleKernel, Engine):
             u = jax.random.uniform(jax.random.fold_in(rng_key, 12), z.shape, z.dtype, -2.0, 2.0)
         core = self._core_init(u, rng_key, target._replace(coords=coords))
         return PreconditionedState(core, coords, getattr(core, "rng_key", rng_key))
+
+    def _resolved_precondition(self, target: Target) -> str | None:
+        """``precondition`` for this target (an engine with an ``"auto"`` choice decides here)."""
+        return self.precondition
 
     def _particle_log_density(self, target: Target) -> Callable:
         """The log density of one point in the particles' own coordinates (NumPyro's

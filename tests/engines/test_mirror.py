@@ -169,6 +169,28 @@ def test_svmd_sparse_dirichlet():
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
 
 
+def test_svmd_auto_precondition_is_laplace_except_on_a_simplex():
+    # SVMD's "auto": the Laplace-whitened dual (a PreconditionedState) for positive and
+    # bounded sites; the plain dual where a site lies on a simplex (the sparse Dirichlet above
+    # diverged at step 417 in Laplace coordinates)
+    from numpyro_gflow.engines.base import PreconditionedState
+
+    def positive_only():
+        numpyro.sample("s", dist.Gamma(3.0, 2.0))
+        numpyro.sample("b", dist.Uniform(-1.0, 2.0))
+
+    auto = gf.SVMD(positive_only, num_particles=6).run(jax.random.key(0), 3, progress_bar=False)
+    assert isinstance(auto.state, PreconditionedState)
+    simplex = gf.SVMD(sparse_dirichlet, num_particles=6).run(jax.random.key(0), 3,
+                                                            progress_bar=False)
+    assert not isinstance(simplex.state, PreconditionedState)
+    plain = gf.SVMD(positive_only, num_particles=6, precondition=None).run(
+        jax.random.key(0), 3, progress_bar=False)
+    assert not isinstance(plain.state, PreconditionedState)
+    with pytest.raises(ValueError, match="'auto' or 'laplace' or None"):
+        gf.SVMD(positive_only, precondition="whiten")
+
+
 def test_svng_with_the_true_precision_converges_faster_than_svgd(conjugate):
     # natural gradient with metric = posterior precision is Newton-like on a Gaussian target:
     # measured max mean error 0.07 sd after 200 plain steps (SVGD with the same plain step

@@ -99,6 +99,22 @@ def test_mirrored_defaults_on_an_uncentred_regression_with_a_positive_scale(engi
     assert err["max_sd_err"] < 0.3, err
 
 
+def test_svmd_default_uses_the_laplace_dual_on_an_uncentred_regression():
+    # SVMD's precondition="auto" picks the Laplace-whitened dual when no site is on a simplex.
+    # In the plain dual SVMD ended 1700 reference sds off on earnings (posteriordb table, 2000
+    # steps). Measured with "auto" (1000 steps, 100 particles) seeds 0 / 1: max mean err
+    # 0.38 / 0.13 sd, max sd err 17 % / 64 % (SVMD's Nystrom kernel keeps few eigenpairs and
+    # its spread varies from seed to seed; see docs/engines/mirrored.md). The bounds (1 sd,
+    # sds within a factor 2) say "the right place, roughly the right spread", three orders of
+    # magnitude inside the failure fixed.
+    post = posteriordb.load("earnings-logearn_interaction")
+    eng = gf.SVMD(post.model)
+    res = eng.run(jax.random.key(0), 1000, *post.args, progress_bar=False, **post.kwargs)
+    err = post.errors(res.get_samples())
+    assert err["max_mean_err"] < 1.0, err
+    assert err["max_sd_err"] < 1.0, err
+
+
 def test_mirrored_engines_not_worse_than_unmirrored_on_a_positive_scale():
     # eight schools (non-centred): tau > 0 with a half-Cauchy prior, the case (MSVGD
     # and Coin MSVGD were 4.0-4.5 sds off, worse than Coin SVGD). With the defaults (100
