@@ -87,6 +87,10 @@ ENGINES = tuple(GFLOW) + BASELINES
 
 
 # ----------------------------------------------------------------------------- one fit
+#: the last gflow fit's result (its own verdict is taken after the timed fit)
+_LAST_RESULT = [None]
+
+
 def _fit(engine: str, post, steps: int, key):
     """(samples site -> (n, ...), grad_evals or None, note) of one engine on one posterior."""
     import jax
@@ -97,7 +101,9 @@ def _fit(engine: str, post, steps: int, key):
 
         cls_name, opts = GFLOW[engine]
         eng = getattr(gf, cls_name)(post.model, **opts)
-        res = eng.run(key, steps, *post.args, progress_bar=False, **post.kwargs)
+        res = eng.run(key, steps, *post.args, progress_bar=False, diagnose=False,
+                      **post.kwargs)
+        _LAST_RESULT[0] = res
         if isinstance(eng, DensityEngine):
             samples = res.get_samples(NUM_DRAWS, jax.random.fold_in(key, 1))
         else:
@@ -182,6 +188,14 @@ def run_one(posterior: str, engine: str, steps: int, seed: int = 0) -> dict:
         row.update(wall_s=time.perf_counter() - t1, compile_s=compile_s[0], grad_evals=grads,
                    note=note)
         row.update(score(post, samples))
+        if _LAST_RESULT[0] is not None:   # the result's own verdict (result.diagnose), untimed
+            t2 = time.perf_counter()
+            report = _LAST_RESULT[0].diagnose(jax.random.key(seed + 1))
+            row["verdict"] = {"ok": report["ok"], "failed": report["failed"],
+                              "values": {k: (float(v) if isinstance(v, (int, float)) else v)
+                                         for k, v in report["values"].items()},
+                              "skipped": list(report["skipped"])}
+            row["diagnose_s"] = time.perf_counter() - t2
     except Exception as e:  # a failing engine is a row, not a crash
         row.update(wall_s=time.perf_counter() - t1, compile_s=compile_s[0],
                    error=f"{type(e).__name__}: {e}".replace("\n", " ")[:400])
@@ -386,7 +400,7 @@ def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def header_info(steps: int, timeout: int) -> dict:
+def header_info(steps: int, timeout: int, render_only: bool = False) -> dict:
     import platform
 
     import jax
@@ -394,14 +408,18 @@ def header_info(steps: int, timeout: int) -> dict:
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip()
+    when = time.strftime("%Y-%m-%d %H:%M") + f", commit {commit}"
     return {
-        "run": time.strftime("%Y-%m-%d %H:%M") + f", commit {commit}",
+        "run": (f"table rendered {when} from results.json, whose rows were measured at "
+                "earlier commits, some re-run after a change to their engine (`make bench` "
+                "re-measures all)") if render_only else when,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus ({_usable_cpus()} usable by the "
                    f"fits), JAX {jax.__version__} "
                    f"({jax.default_backend()}), NumPyro {numpyro.__version__}, float32",
         "settings": f"gflow engines {steps} steps with their constructor defaults; "
                     f"{NUM_DRAWS} draws from fitted densities; each fit in a fresh process, "
-                    f"at most {timeout} s",
+                    + (f"at most {timeout} s" if not render_only else
+                       f"at most {timeout} s (a re-run row: up to 900 s)"),
     }
 
 
@@ -429,7 +447,7 @@ def main(argv=None):
     else:
         rows = run_all(posteriors, engines, args.steps, args.timeout, out)
     if not args.no_docs:
-        DOC_PAGE.write_text(render(rows, header_info(args.steps, args.timeout)))
+        DOC_PAGE.write_text(render(rows, header_info(args.steps, args.timeout, args.render_only)))
         plot(rows, DOC_PLOT)
         print(f"wrote {DOC_PAGE} and {DOC_PLOT}")
 

@@ -2,15 +2,16 @@
 
 Layers, bottom up: `bridge` (NumPyro model -> unconstrained log density, score, constrain),
 `core` (pure JAX algorithms), `engines` (the NumPyro-facing engines on one base), `result`
-(one result type), `diagnostics`.
+(one result type), `diagnose` (does a result describe the posterior?), `diagnostics`.
 """
 
-from numpyro_gflow import core, diagnostics
+from numpyro_gflow import core, diagnose, diagnostics
 from numpyro_gflow.bridge import ModelBridge
 from numpyro_gflow.checkpoint import load_state, save_state
 from numpyro_gflow.core import kernels, optim
 from numpyro_gflow.core.kernels import IMQKernel, RBFKernel
 from numpyro_gflow.data import StreamedData
+from numpyro_gflow.diagnose import UnreliableResultWarning
 from numpyro_gflow.engines import (
     FBGVI,
     KSDD,
@@ -49,7 +50,9 @@ __all__ = [
     "SVMD",
     "SVNG",
     "StreamedData",
+    "UnreliableResultWarning",
     "core",
+    "diagnose",
     "diagnostics",
     "kernels",
     "load_state",

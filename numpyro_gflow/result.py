@@ -64,7 +64,8 @@ class InferenceResult:
                  unconstrained: jax.Array, trace: dict, state=None,
                  sampler: Optional[Callable] = None, objective: str | None = None,
                  guide=None, params=None, log_q: Optional[Callable] = None,
-                 elbo_fn: Optional[Callable] = None, stats: dict | None = None, flow=None):
+                 elbo_fn: Optional[Callable] = None, stats: dict | None = None, flow=None,
+                 log_ratios: Optional[Callable] = None):
         self.engine = engine
         self.bridge = bridge
         self.model_args = model_args
@@ -81,7 +82,12 @@ class InferenceResult:
         self._elbo_fn = elbo_fn
         self.stats = stats
         self.flow = flow
+        self._log_ratios = log_ratios
         self._samples = None
+        #: the checks of `diagnose` (``run`` fills it in unless ``diagnose=False``)
+        self.diagnostics: dict | None = None
+        #: whether the run streamed its data (``data_loader``)
+        self.streamed = False
         #: "ok", or why the run ended early (non-finite step, interruption): see engine ``run``
         self.status = "ok"
         #: steps the trace covers
@@ -95,14 +101,31 @@ class InferenceResult:
         return self.bridge.constrain_batch(z, self.model_args, self.model_kwargs)
 
     def get_samples(self, num_samples: int | None = None, rng_key=None,
-                    group_by_chain: bool = False) -> dict:
+                    group_by_chain: bool = False, importance: str | None = None) -> dict:
         """Posterior samples in NumPyro's format: site name -> array, constrained space.
 
         Without arguments: the engine's points (for particle engines, the particles), leading
         dimension ``n``, deterministic sites included. With ``num_samples`` and ``rng_key``:
         fresh draws, for engines that fit a distribution. ``group_by_chain=True`` adds a leading
-        chain dimension of size 1, as ``MCMC.get_samples`` does.
+        chain dimension of size 1, as ``MCMC.get_samples`` does. ``importance="psis"`` (density
+        engines): ``num_samples`` draws resampled (multinomially, with replacement) from as
+        many fresh draws by their PSIS weights (`psis` returns the weights themselves): the
+        moments move toward the posterior's where the fit's Pareto k_hat is below 0.7.
         """
+        if importance not in (None, "psis"):
+            raise ValueError(f"importance must be None or 'psis', got {importance!r}")
+        if importance == "psis":
+            if num_samples is None or rng_key is None:
+                raise TypeError("get_samples(num_samples, rng_key, importance='psis'): give "
+                                "both")
+            k_draw, k_pick = jax.random.split(rng_key)
+            fit = self.psis(num_samples, k_draw)
+            idx = jax.random.categorical(k_pick, jnp.asarray(fit["log_weights"]),
+                                         shape=(num_samples,))
+            samples = jax.tree.map(lambda x: x[idx], fit["samples"])
+            if group_by_chain:
+                samples = jax.tree.map(lambda x: x[None], samples)
+            return samples
         if num_samples is None and rng_key is None:
             if self._samples is None:
                 self._samples = self._constrain(self.unconstrained)
@@ -120,6 +143,49 @@ class InferenceResult:
         if group_by_chain:
             samples = jax.tree.map(lambda x: x[None], samples)
         return samples
+
+    def sampler_available(self) -> bool:
+        """Whether the result is a fitted density that can draw afresh (density engines)."""
+        return self._sampler is not None and (self._log_q is not None
+                                              or self._log_ratios is not None)
+
+    def importance_log_ratios(self, rng_key, num_samples: int):
+        """``num_samples`` fresh unconstrained draws ``z`` (n, d) of the fitted density and
+        their importance log-ratios ``log p(z) - log q(z)`` (MixFlow: on its augmented space,
+        whose ``x``-marginal is the posterior)."""
+        if not self.sampler_available():
+            raise ValueError(f"{self.engine} has no density to draw from (its result is a set "
+                             "of particles)")
+        if self._log_ratios is not None:
+            return self._log_ratios(rng_key, num_samples)
+        z = self._sampler(rng_key, num_samples)
+        args, kwargs = self.model_args, self.model_kwargs
+        log_p = jax.vmap(lambda x: self.bridge.log_density(x, args, kwargs))(z)
+        return z, log_p - self._log_q(z)
+
+    def psis(self, num_samples: int, rng_key) -> dict:
+        """Pareto-smoothed importance sampling of ``num_samples`` fresh draws against the
+        posterior (ArviZ's PSIS): ``{"samples": the draws (NumPyro format), "log_weights":
+        their normalised smoothed log weights, "pareto_k": k_hat, "ess": effective sample
+        size}``. Weighted averages over the draws move the fit's moments toward the posterior
+        when ``k_hat < 0.7``."""
+        from numpyro_gflow.diagnose import psis
+
+        z, log_ratio = self.importance_log_ratios(rng_key, num_samples)
+        log_w, k_hat = psis(log_ratio)
+        return {"samples": self._constrain(z), "log_weights": log_w, "pareto_k": k_hat,
+                "ess": float(1.0 / np.sum(np.exp(2 * log_w))), "unconstrained": z}
+
+    def diagnose(self, rng_key=None, num_draws: int = 1000) -> dict:
+        """Whether this result can be trusted: ``{"ok", "values", "failed", "messages",
+        "skipped"}`` (see `numpyro_gflow.diagnose`). Checks for every engine: finite points,
+        a complete run, an objective that has stopped moving; density engines: PSIS Pareto
+        k_hat (> 0.7 unreliable) and effective sample size of ``num_draws`` fresh draws;
+        particle engines: a KSD goodness-of-fit test of the particles (level 0.01)."""
+        from numpyro_gflow.diagnose import diagnose
+
+        self.diagnostics = diagnose(self, rng_key, num_draws)
+        return self.diagnostics
 
     def log_density(self) -> jax.Array:
         """Unnormalised log posterior (unconstrained space, Jacobian included) of each point."""
@@ -157,6 +223,9 @@ class InferenceResult:
         ``az.loo`` works), ``observed_data``, ``sample_stats`` (``lp``: each point's log
         density) and ``trace`` (dim ``step``: the per-step objective and the engine's other
         per-step numbers; its attributes hold the engine's scalar end-of-run ``stats``, if any).
+        After `diagnose` (``run`` calls it by default) ``sample_stats`` and ``trace`` also carry
+        its verdict as attributes: ``diagnose_ok`` (1/0), ``diagnose_failed`` (comma-separated
+        check names) and ``diagnose_<check>`` (each value).
         """
         import xarray as xr
         from arviz_base import from_dict
@@ -181,6 +250,15 @@ class InferenceResult:
         ))
         dt.attrs["inference_library"] = "numpyro_gflow"
         dt.attrs["engine"] = self.engine
+        if self.diagnostics is not None:
+            # the result's own checks (diagnose): attributes of sample_stats and trace
+            attrs = {"diagnose_ok": int(self.diagnostics["ok"]),
+                     "diagnose_failed": ",".join(self.diagnostics["failed"]),
+                     **{f"diagnose_{k}": (float(v) if not isinstance(v, bool) else int(v))
+                        for k, v in self.diagnostics["values"].items()}}
+            for group in ("sample_stats", "trace"):
+                node = dt[group]
+                node.attrs = {**node.attrs, **attrs}
         return dt
 
     def _obs_dims(self, groups):

@@ -65,6 +65,7 @@ __all__ = [
     "sample_reference",
     "log_reference",
     "sample",
+    "sample_many",
     "log_density",
     "elbo",
     "inversion_error",
@@ -206,6 +207,52 @@ def sample(rng_key, params: MixFlowParams, value_and_grad: Callable, flow_length
     n = jax.random.randint(k_n, (), 0, flow_length)
     p = sample_reference(k_0, params, value_and_grad)
     return lax.fori_loop(0, n, lambda _, q: flow_map(q, params, value_and_grad, num_leapfrog)[0], p)
+
+
+#: `sample_many` splits this many draws or more into `SAMPLE_CHUNKS` sequential chunks
+SAMPLE_CHUNK_MIN = 256
+SAMPLE_CHUNKS = 4
+
+
+def sample_many(rng_keys, params: MixFlowParams, value_and_grad: Callable, flow_length: int,
+                num_leapfrog: int) -> FlowPoint:
+    """`sample` for each key of ``rng_keys`` (the same draws), at about half the cost of
+    ``vmap(sample)``: a vmapped loop runs every draw for the largest ``K``, ``N`` maps, where a
+    draw needs ``K ~ U{0..N-1}``. Here the draws are sorted by ``K`` and advanced in
+    `SAMPLE_CHUNKS` sequential chunks (from `SAMPLE_CHUNK_MIN` draws on), each only as far as
+    its own largest ``K``: ``(C + 1) / 2C`` of the maps for ``C`` chunks (5/8 for 4). More
+    chunks save little more and cost a loop iteration per map each, which on cheap models is
+    most of the time."""
+    m = rng_keys.shape[0]
+    pair = jax.vmap(jax.random.split)(rng_keys)
+    n = jax.vmap(lambda k: jax.random.randint(k, (), 0, flow_length))(pair[:, 0])
+    p0 = jax.vmap(lambda k: sample_reference(k, params, value_and_grad))(pair[:, 1])
+    chunks = SAMPLE_CHUNKS if m >= SAMPLE_CHUNK_MIN else 1
+    size = -(-m // chunks)
+    pad = chunks * size - m
+    order = jnp.argsort(n)
+    idx = jnp.concatenate([jnp.zeros(pad, order.dtype), order])     # padding: K = 0, no maps
+    n_sorted = jnp.concatenate([jnp.zeros(pad, n.dtype), n[order]]).reshape(chunks, size)
+    p_sorted = jax.tree_util.tree_map(
+        lambda a: a[idx].reshape((chunks, size) + a.shape[1:]), p0)
+    one_map = jax.vmap(lambda q: flow_map(q, params, value_and_grad, num_leapfrog)[0])
+
+    def run_chunk(args):
+        p, k = args
+
+        def body(t, q):
+            moved = one_map(q)
+            keep = t < k
+            return jax.tree_util.tree_map(
+                lambda a, b: jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
+                moved, q)
+
+        return lax.fori_loop(0, jnp.max(k), body, p)
+
+    out = lax.map(run_chunk, (p_sorted, n_sorted))
+    inverse = jnp.argsort(order)
+    return jax.tree_util.tree_map(
+        lambda a: a.reshape((chunks * size,) + a.shape[2:])[pad:][inverse], out)
 
 
 def _finite_or_neg_inf(v):

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.util import is_prng_key
 
-from numpyro_gflow._validate import positive_int
+from numpyro_gflow._validate import check_flag, positive_int
 from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_args
 from numpyro_gflow.core.numerics import Affine, best_laplace, spread_starts
 from numpyro_gflow.core.optim import coin_restarts
@@ -254,7 +254,8 @@ class Engine(abc.ABC):
     # ------------------------------------------------------------------ the engine API
     def run(self, rng_key, num_steps: int, *args, progress_bar: bool = True, init_params=None,
             init_state=None, devices="auto", shard_data: bool = False, data_loader=None,
-            nan_policy: str = "raise", **kwargs) -> InferenceResult:
+            nan_policy: str = "raise", diagnose: bool | None = None,
+            **kwargs) -> InferenceResult:
         """Run ``num_steps`` steps on ``model(*args, **kwargs)``.
 
         Args:
@@ -294,6 +295,13 @@ class Engine(abc.ABC):
                 state (no per-step host sync); then ``"raise"`` (default) raises
                 `NonFiniteError` naming the step, with the partial result as its ``.result``;
                 ``"stop"`` returns that partial result, ``result.status`` naming the step.
+            diagnose: check the result (``result.diagnose()``: finite points, a complete run,
+                a settled objective, PSIS Pareto k_hat for density engines, a KSD test for
+                particle engines; `numpyro_gflow.diagnose`) and warn with
+                `UnreliableResultWarning` naming the failed checks. ``False`` skips them (the
+                checks cost a few draws and density evaluations; ``result.diagnostics`` is
+                then ``None``). ``None`` (default): ``numpyro_gflow.diagnose.ON_RUN`` (True
+                unless changed).
 
         The loop runs in up to 10 compiled chunks of equal length, at least 100 steps each (one
         compilation): Ctrl-C (KeyboardInterrupt) during a run returns the result at the end of
@@ -307,6 +315,11 @@ class Engine(abc.ABC):
         self._check_ready()
         if nan_policy not in ("raise", "stop"):
             raise ValueError(f"nan_policy must be 'raise' or 'stop', got {nan_policy!r}")
+        if diagnose is None:
+            from numpyro_gflow import diagnose as _diagnose
+
+            diagnose = _diagnose.ON_RUN
+        check_flag("diagnose", diagnose)
         stream = self._check_loader(data_loader, kwargs)
         if stream is not None:
             kwargs = {**kwargs, **stream.first_batch()}
@@ -345,7 +358,8 @@ class Engine(abc.ABC):
         coins = coin_restarts(state)
         if coins is not None:
             restarts, last = coins
-            result.stats = {**(result.stats or {}), "coin_restarts": restarts}
+            result.stats = {**(result.stats or {}), "coin_restarts": restarts,
+                            "coin_restarts_last": last}
             if last and not failed_at and not interrupted:
                 warnings.warn(
                     f"{type(self).__name__}: coin betting's guard restarted {last} of "
@@ -366,6 +380,18 @@ class Engine(abc.ABC):
                                      result)
         elif interrupted:
             result.status = f"interrupted after step {done} of {num_steps}"
+        result.streamed = stream is not None
+        if diagnose:
+            report = result.diagnose(jax.random.fold_in(rng_key, 0xD1A6))
+            if not report["ok"]:
+                from numpyro_gflow.diagnose import UnreliableResultWarning
+
+                warnings.warn(
+                    f"{type(self).__name__}: the result failed its checks "
+                    f"({', '.join(report['failed'])}): "
+                    + " | ".join(report["messages"].values())
+                    + " (result.diagnose() has the values; run(..., diagnose=False) skips "
+                    "the checks)", UnreliableResultWarning, stacklevel=2)
         return result
 
     def _check_ready(self):

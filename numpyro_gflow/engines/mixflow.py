@@ -32,7 +32,7 @@ from numpyro_gflow.core.mixflow import (
     reference_gaussian,
     reference_init,
     reference_step,
-    sample,
+    sample_many,
     sample_reference,
 )
 from numpyro_gflow.core.numerics import NEWTON_STEPS, best_laplace, spread_starts
@@ -94,9 +94,18 @@ class _Unhashable(tuple):
 
 @partial(jax.jit, static_argnames=("target", "flow_length", "num_leapfrog", "num_samples"))
 def _jit_sample(rng_key, params, dynamic, target, flow_length, num_leapfrog, num_samples):
+    return sample_many(jax.random.split(rng_key, num_samples), params,
+                       target.value_and_grad(dynamic), flow_length, num_leapfrog)
+
+
+@partial(jax.jit, static_argnames=("target", "flow_length", "num_leapfrog", "num_samples"))
+def _jit_log_ratios(rng_key, params, dynamic, target, flow_length, num_leapfrog, num_samples):
+    # fresh draws of the flow and log pibar - log q_N at each (augmented space: x, rho, u)
     vg = target.value_and_grad(dynamic)
-    return jax.vmap(lambda k: sample(k, params, vg, flow_length, num_leapfrog))(
-        jax.random.split(rng_key, num_samples))
+    p = sample_many(jax.random.split(rng_key, num_samples), params, vg, flow_length,
+                    num_leapfrog)
+    log_q = jax.vmap(lambda q: log_density(q, params, vg, flow_length, num_leapfrog))(p)
+    return p.x, p.log_p + log_laplace(p.rho) - log_q
 
 
 @partial(jax.jit, static_argnames=("target", "flow_length", "num_leapfrog"))
@@ -404,6 +413,7 @@ class MixFlow(DensityEngine):
             objective=self.objective, sampler=lambda key, n: flow.sample(key, n).x,
             guide=latent_guide(bridge, _mixflow_latent(flow)), params={},
             log_q=flow.marginal_log_density, elbo_fn=flow.elbo, stats=stats, flow=flow,
+            log_ratios=flow.log_ratios,
         )
 
 
@@ -473,6 +483,14 @@ class MixFlowResult:
         lq = self.log_density(xs.reshape(-1, d), rho.reshape(-1, d), u.reshape(-1))
         lq = lq.reshape(n, num_aux) - log_laplace(rho)
         return jax.nn.logsumexp(lq, -1) - jnp.log(num_aux)
+
+    def log_ratios(self, rng_key, num_samples: int):
+        """Fresh draws ``x`` (n, d) and their importance log-ratios ``log pibar(z) - log q_N(z)``
+        on the augmented space ``z = (x, rho, u)`` (whose ``x``-marginal of ``pibar`` is the
+        posterior): one draw and one backward density pass per sample."""
+        params, dynamic, target = self._args()
+        return _jit_log_ratios(rng_key, params, dynamic, target, self.fit.flow_length,
+                               self.fit.num_leapfrog, positive_int("num_samples", num_samples))
 
     def elbo(self, rng_key, num_samples: int = 256):
         """Unbiased ELBO estimate on the augmented space and its standard error."""
