@@ -63,7 +63,7 @@ SMOKE = os.environ.get("GFLOW_EXAMPLE_SMOKE", "") not in ("", "0")
 NUM_STEPS = 100 if SMOKE else 1000
 CHUNK = 100             # steps between checkpoints (runs are continued with `init_state`)
 NUM_PARTICLES = 50
-NUM_WARMUP, NUM_SAMPLES = (200, 200) if SMOKE else (1000, 2000)
+NUM_WARMUP, NUM_SAMPLES = (100, 100) if SMOKE else (1000, 2000)
 NUM_EXACT = 1000        # exact posterior draws: the reference
 print(f"setting: {'smoke (GFLOW_EXAMPLE_SMOKE=1)' if SMOKE else 'full'}: {NUM_STEPS} steps, "
       f"{NUM_PARTICLES} particles; NUTS {NUM_WARMUP} warmup + {NUM_SAMPLES} samples; "

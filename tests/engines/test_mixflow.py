@@ -161,6 +161,7 @@ FLOAT64_JOB = background.job("mixflow: float64 inversion", [sys.executable, "-c"
                              timeout=600)
 
 
+@pytest.mark.slow   # 21 s of a child process; the float32 inversion tests stay in the default run
 @pytest.mark.background(FLOAT64_JOB)
 def test_float64_inversion_on_10d_target(tmp_path):
     out = background.result(FLOAT64_JOB, tmp_path).proc

@@ -127,7 +127,7 @@ DENSITY = {
 }
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=4)
 @given(spec=model_specs(), engine=st.sampled_from(sorted(PARTICLE)))
 def test_particle_engines_fit_or_refuse(spec, engine):
     outcome, detail = check(PARTICLE[engine], spec)
@@ -137,7 +137,7 @@ def test_particle_engines_fit_or_refuse(spec, engine):
         assert isinstance(detail, FloatingPointError), (engine, spec, detail)
 
 
-@settings(SETTINGS, max_examples=3)   # 4-10 s of compiling per example (MixFlow the most)
+@settings(SETTINGS, max_examples=2)   # 4-10 s of compiling per example (MixFlow the most)
 @given(spec=model_specs(), engine=st.sampled_from(sorted(DENSITY)))
 def test_density_engines_fit_or_refuse(spec, engine):
     outcome, detail = check(DENSITY[engine], spec)
