@@ -53,12 +53,14 @@ venv: check-python $(STAMP)
 demo: check-python $(STAMP)
 	$(VPY) examples/quickstart.py
 
-# the default suite on TEST_WORKERS pytest-xdist processes (files kept whole: module fixtures
-# are computed once); TEST_WORKERS=0 runs it in this process
+# the default suite on TEST_WORKERS pytest-xdist processes, tests handed out one by one and
+# stolen by an idle worker (--dist worksteal: 12:08 where whole files per worker, loadfile,
+# took 12:43 for the same CPU time: a long file at the end kept one core idle); a module
+# fixture may then be computed on both workers. TEST_WORKERS=0 runs it in this process
 TEST_WORKERS ?= 2
 test: check-python $(STAMP)
 	$(VPY) -m ruff check numpyro_gflow tests benchmarks examples
-	$(VPY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(VPY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-slow: check-python $(STAMP)
 	$(VPY) -m pytest -m slow

@@ -41,6 +41,7 @@ def test_dual_score_of_dirichlet_is_the_papers_formula():
     np.testing.assert_allclose(J, jnp.diag(t) - jnp.outer(t, t), atol=1e-6)
 
 
+@pytest.mark.slow   # ~18 s; the domains are also checked by test_properties' random models
 def test_samples_stay_on_their_domains():
     # property check over seeds: simplex rows non-negative summing to 1, rate > 0, frac in (-1, 3)
     y = jnp.array([0.5, 1.2, -0.3])
