@@ -113,14 +113,19 @@ def _standardised(z, score):
     """Particles and scores in the particles' own whitened coordinates ``u = L^-1 (z - mean)``
     (``L`` the Cholesky factor of their covariance): the score becomes ``L^T s``. The test is
     then affine-invariant, so a posterior's scale or correlations do not set its power."""
+    mean, L = _moments(z)
+    u = jax.scipy.linalg.solve_triangular(L, (z - mean).T, lower=True).T
+    return u, score @ L
+
+
+def _moments(z):
+    """The points' mean and the Cholesky factor of their covariance (relative jitter 1e-6)."""
     mean = jnp.mean(z, 0)
     c = z - mean
     cov = c.T @ c / (z.shape[0] - 1)
     d = cov.shape[0]
     jitter = 1e-6 * jnp.maximum(jnp.trace(cov) / d, 1e-30)
-    L = jnp.linalg.cholesky(cov + jitter * jnp.eye(d, dtype=cov.dtype))
-    u = jax.scipy.linalg.solve_triangular(L, c.T, lower=True).T
-    return u, score @ L
+    return mean, jnp.linalg.cholesky(cov + jitter * jnp.eye(d, dtype=cov.dtype))
 
 
 @jax.jit
@@ -257,12 +262,7 @@ def _mode_distances(log_p, starts, z):
     @jax.jit
     def run(starts, z):
         modes = climb(log_p, starts, MODE_STEPS)
-        mean = jnp.mean(z, 0)
-        c = z - mean
-        cov = c.T @ c / (z.shape[0] - 1)
-        dim = cov.shape[0]
-        L = jnp.linalg.cholesky(cov + 1e-6 * jnp.maximum(jnp.trace(cov) / dim, 1e-30)
-                                * jnp.eye(dim, dtype=cov.dtype))
+        mean, L = _moments(z)
 
         def dist(x):
             return jnp.linalg.norm(jax.scipy.linalg.solve_triangular(L, (x - mean).T,
