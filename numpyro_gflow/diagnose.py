@@ -193,10 +193,13 @@ def diagnose(result, rng_key=None, num_draws: int = 1000) -> dict:
                                  "density the fit checks need is not at hand")
     elif not finite:
         out["skipped"]["fit"] = "non-finite points"
-    elif result.sampler_available():
-        _density_checks(out, result, rng_key, num_draws)
     else:
-        _particle_checks(out, result, rng_key, z)
+        if result.sampler_available():
+            _density_checks(out, result, rng_key, num_draws)
+        else:
+            _particle_checks(out, result, rng_key, z)
+        # on the result's points (the particles, or a density engine's end-of-run draws)
+        _mode_check(out, result, rng_key, z, lp)
     out["ok"] = not out["failed"]
     return out
 
@@ -222,10 +225,9 @@ def _density_checks(out, result, rng_key, num_draws):
     _check(out, "ess", ess, ess >= MIN_ESS,
            f"{engine}: the importance weights' effective sample size is {ess:.1f} of "
            f"{log_ratio.size}: the fitted density and the posterior barely overlap")
-    _mode_check(out, result, rng_key, z)
 
 
-def _mode_check(out, result, rng_key, z):
+def _mode_check(out, result, rng_key, z, point_lp):
     """Importance weights and Stein tests cannot see a mode the points never visit (one
     Gaussian on two separated modes has a small k_hat; particles on one mode pass a KSD
     test). So: climb from `MODE_STARTS` uniform starts; a climb that ends at a log density at
@@ -242,14 +244,13 @@ def _mode_check(out, result, rng_key, z):
 
     starts = jax.random.uniform(jax.random.fold_in(rng_key, 3), (MODE_STARTS, d), z.dtype,
                                 -2.0, 2.0)
-    r_modes, mode_lp, r_points, point_lp = _mode_distances(log_p, starts, z)
+    r_modes, mode_lp, r_points = _mode_distances(log_p, starts, z)
     mode_lp, r_modes = np.asarray(mode_lp), np.asarray(r_modes)
     ok = np.isfinite(mode_lp) & np.isfinite(r_modes)
     if not ok.any():
         out["skipped"]["modes"] = "no climb from a uniform start ended at a finite density"
         return
-    point_lp = np.asarray(point_lp)
-    high = mode_lp >= np.median(point_lp[np.isfinite(point_lp)])
+    high = mode_lp >= np.median(point_lp)
     uncovered = int(np.sum(ok & high & (r_modes > np.max(np.asarray(r_points)))))
     _check(out, "modes", uncovered, uncovered == 0,
            f"{result.engine}: {uncovered} of {MODE_STARTS} climbs from uniform starts reach a "
@@ -268,7 +269,7 @@ def _mode_distances(log_p, starts, z):
             return jnp.linalg.norm(jax.scipy.linalg.solve_triangular(L, (x - mean).T,
                                                                       lower=True), axis=0)
 
-        return dist(modes), jax.vmap(log_p)(modes), dist(z), jax.vmap(log_p)(z)
+        return dist(modes), jax.vmap(log_p)(modes), dist(z)
 
     return run(starts, z)
 
@@ -289,7 +290,6 @@ def _particle_checks(out, result, rng_key, z):
     stat, p_value = ksd_check(z, score, rng_key)
     p_value = float(p_value)
     out["values"]["ksd"] = float(stat)
-    _mode_check(out, result, rng_key, z)
     _check(out, "ksd_test", p_value, p_value >= KSD_ALPHA,
            f"{engine}: the particles fail a kernel Stein discrepancy test against the model "
            f"(p = {p_value:.3g} < {KSD_ALPHA}): they are not spread like the posterior (too "

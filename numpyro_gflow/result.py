@@ -159,9 +159,7 @@ class InferenceResult:
         if self._log_ratios is not None:
             return self._log_ratios(rng_key, num_samples)
         z = self._sampler(rng_key, num_samples)
-        args, kwargs = self.model_args, self.model_kwargs
-        log_p = jax.vmap(lambda x: self.bridge.log_density(x, args, kwargs))(z)
-        return z, log_p - self._log_q(z)
+        return z, self._batch_log_density(z) - self._log_q(z)
 
     def psis(self, num_samples: int, rng_key) -> dict:
         """Pareto-smoothed importance sampling of ``num_samples`` fresh draws against the
@@ -189,8 +187,12 @@ class InferenceResult:
 
     def log_density(self) -> jax.Array:
         """Unnormalised log posterior (unconstrained space, Jacobian included) of each point."""
+        return self._batch_log_density(self.unconstrained)
+
+    def _batch_log_density(self, z) -> jax.Array:
+        """The model's log density (unconstrained, full data) at each row of ``z`` (n, d)."""
         args, kwargs = self.model_args, self.model_kwargs
-        return jax.vmap(lambda z: self.bridge.log_density(z, args, kwargs))(self.unconstrained)
+        return jax.vmap(lambda x: self.bridge.log_density(x, args, kwargs))(z)
 
     def log_q(self, z, *args, **kwargs) -> jax.Array:
         """Log density of the fitted approximation at flat unconstrained points ``z`` (n, d)
@@ -208,9 +210,7 @@ class InferenceResult:
             return self._elbo_fn(rng_key, num_samples)
         if self._sampler is None or self._log_q is None:
             raise ValueError(f"{self.engine} has no density, so no ELBO")
-        args, kwargs = self.model_args, self.model_kwargs
-        log_p = lambda z: jax.vmap(lambda x: self.bridge.log_density(x, args, kwargs))(z)  # noqa: E731
-        return elbo(log_p, self._sampler, self._log_q, rng_key, num_samples)
+        return elbo(self._batch_log_density, self._sampler, self._log_q, rng_key, num_samples)
 
     def log_likelihood(self) -> dict:
         """Pointwise log-likelihood of each observed site at each point: site -> (n, ...)."""
