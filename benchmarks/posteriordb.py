@@ -271,7 +271,59 @@ def _short(name: str) -> str:
 def _cell(r) -> str:
     if r.get("error"):
         return "fail"
-    return f"{r['max_mean_err']:.2f} / {r['max_sd_err']:.2f}"
+    mark = {True: " ✓", False: " ⚠"}.get((r.get("verdict") or {}).get("ok"), "")
+    return f"{r['max_mean_err']:.2f} / {r['max_sd_err']:.2f}{mark}"
+
+
+#: the self-diagnosis issue's yardstick: a fit this far off must be flagged by its own checks
+WRONG_MEAN, WRONG_SD = 0.5, 0.5
+
+
+def wrong(r) -> bool:
+    return (not r.get("error") and (r["max_mean_err"] > WRONG_MEAN
+                                    or r["max_sd_err"] > WRONG_SD))
+
+
+def verdict_counts(rows: list[dict]) -> dict:
+    """Misses (a wrong fit whose checks passed) and false alarms (a fit within NUTS accuracy
+    that its checks flagged), over the rows that carry a verdict (the gflow engines')."""
+    judged = [r for r in rows if r.get("verdict") is not None]
+    bad = [r for r in judged if wrong(r)]
+    good = [r for r in judged if within(r)]
+    return {"judged": len(judged), "wrong": len(bad),
+            "missed": [r for r in bad if r["verdict"]["ok"]],
+            "within": len(good), "alarms": [r for r in good if not r["verdict"]["ok"]]}
+
+
+def _verdict_section(rows: list[dict]) -> list[str]:
+    c = verdict_counts(rows)
+    if not c["judged"]:
+        return []
+    lines = ["", "## Does the result know? (its own checks)", "",
+             "✓ / ⚠ after a cell: the fit's own verdict, `result.diagnose()` (what `run` "
+             "warns with; see [Can I trust this result?](trust.md)), taken on the result "
+             "without the reference. It should flag every fit more than "
+             f"{WRONG_MEAN} reference sd off on a mean or {int(WRONG_SD * 100)} % off on an "
+             "sd, and pass the fits within NUTS accuracy.", "",
+             f"- fits judged: {c['judged']} (the gflow rows that ran to the end)",
+             f"- wrong fits (mean error > {WRONG_MEAN} sd or sd error > "
+             f"{int(WRONG_SD * 100)} %): {c['wrong']}, of which **missed** (verdict ok): "
+             f"{len(c['missed'])}",
+             f"- fits within NUTS accuracy: {c['within']}, of which **false alarms** (flagged):"
+             f" {len(c['alarms'])}"
+             + (f" ({100 * (1 - len(c['alarms']) / c['within']):.0f} % passed)"
+                if c["within"] else "")]
+    for title, group in (("Missed", c["missed"]), ("False alarms", c["alarms"])):
+        if group:
+            lines += ["", f"{title}:", ""]
+            for r in group:
+                v = r["verdict"]
+                vals = ", ".join(f"{k} {x:.3g}" if isinstance(x, (int, float)) else f"{k} {x}"
+                                 for k, x in v["values"].items())
+                lines.append(f"- {r['engine']} on {r['posterior']}: error "
+                             f"{r['max_mean_err']:.2f} / {r['max_sd_err']:.2f}; failed "
+                             f"{', '.join(v['failed']) or 'none'}; values {vals}")
+    return lines
 
 
 def within(r) -> bool:
@@ -301,7 +353,8 @@ def render(rows: list[dict], header: dict) -> str:
     lines += ["", "Each cell: **max |mean error|** in reference sds / **max |sd / ref sd - 1|**, "
               "over the posterior's scalar parameters; **bold** = within what posteriordb calls "
               f"NUTS accuracy (every mean within {MEAN_OK} sd and every sd within "
-              f"{int(SD_OK * 100)} %); `fail` = the run raised (message below).", ""]
+              f"{int(SD_OK * 100)} %); `fail` = the run raised (message below); ✓ / ⚠: the "
+              "result's own verdict (`result.diagnose()`: passed / flagged; see below).", ""]
     head = "| engine | " + " | ".join(_short(p) for p in posteriors) + " | within |"
     lines += [head, "|---|" + "---:|" * len(posteriors) + "---:|"]
     for e in engines:
@@ -317,6 +370,7 @@ def render(rows: list[dict], header: dict) -> str:
                 c = f"**{c}**"
             cells.append(c)
         lines.append(f"| {e} | " + " | ".join(cells) + f" | {ok} |")
+    lines += _verdict_section(rows)
     lines += ["", "## Wall time and work", "",
               "Seconds of the first call (fresh process: construction, run and draws, "
               "compilation included) / gradient evaluations of the model's log density.", "",

