@@ -2,7 +2,8 @@
 
 Layers, bottom up: `bridge` (NumPyro model -> unconstrained log density, score, constrain),
 `core` (pure JAX algorithms), `engines` (the NumPyro-facing engines on one base), `result`
-(one result type), `diagnose` (does a result describe the posterior?), `diagnostics`.
+(one result type), `diagnose` (does a result describe the posterior?), `report` (the
+`summary` table), `diagnostics`.
 """
 
 from numpyro_gflow import core, diagnose, diagnostics
@@ -28,6 +29,7 @@ from numpyro_gflow.engines import (
     MSVGD,
     NonFiniteError,
 )
+from numpyro_gflow.report import Summary, print_summary, summary
 from numpyro_gflow.result import InferenceResult
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "SVMD",
     "SVNG",
     "StreamedData",
+    "Summary",
     "UnreliableResultWarning",
     "core",
     "diagnose",
@@ -57,6 +60,8 @@ __all__ = [
     "kernels",
     "load_state",
     "optim",
+    "print_summary",
     "save_state",
+    "summary",
 ]
 __version__ = "0.1.0.dev0"

@@ -170,8 +170,11 @@ def diagnose(result, rng_key=None, num_draws: int = 1000) -> dict:
     coins = (result.stats or {}).get("coin_restarts_last")
     if coins:
         _check(out, "coin_restarts", int(coins), False,
-               f"{engine}: coin betting restarted {coins} particles at the last step (their "
-               "directions are non-finite); use precondition='laplace' or another engine")
+               f"{engine}: coin betting's guard restarted {coins} particles at the last step: "
+               "their directions are non-finite, so they are sent back to their start instead "
+               "of moving. Check the model's density at the initial points (a finite but "
+               "absurd value, e.g. -1e30), or use precondition='laplace' where the engine "
+               "takes it")
     key = "elbo" if "elbo" in result.trace else (
         "mean_log_density" if "mean_log_density" in result.trace else None)
     if key is None:

@@ -185,6 +185,13 @@ class InferenceResult:
         self.diagnostics = diagnose(self, rng_key, num_draws)
         return self.diagnostics
 
+    def print_summary(self, prob: float = 0.9, **kwargs) -> None:
+        """Print the per-parameter table (mean, sd, median, central ``prob`` interval) and the
+        result's checks: `numpyro_gflow.print_summary`, as ``MCMC.print_summary`` does."""
+        from numpyro_gflow.report import print_summary
+
+        print_summary(self, prob, **kwargs)
+
     def log_density(self) -> jax.Array:
         """Unnormalised log posterior (unconstrained space, Jacobian included) of each point."""
         return self._batch_log_density(self.unconstrained)

@@ -1,3 +1,5 @@
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,3 +166,13 @@ def test_coin_engine_warns_when_its_guard_keeps_restarting_the_particles():
         res = gf.CoinMSVGD(post.model, precondition=None).run(
             jax.random.key(0), 50, *post.args, progress_bar=False, **post.kwargs)
     assert res.stats["coin_restarts"] >= 100
+    # with the checks on, one warning says it: diagnose's coin_restarts check (it was a
+    # UserWarning and an UnreliableResultWarning for the same thing)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = gf.CoinMSVGD(post.model, precondition=None).run(
+            jax.random.key(0), 50, *post.args, progress_bar=False, diagnose=True, **post.kwargs)
+    user = [w for w in caught if issubclass(w.category, UserWarning)]
+    assert len(user) == 1 and user[0].category is gf.UnreliableResultWarning, user
+    assert "guard restarted 100 particles" in str(user[0].message)
+    assert "coin_restarts" in res.diagnostics["failed"]

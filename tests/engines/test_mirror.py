@@ -67,6 +67,9 @@ def quadratic_on_simplex():
     numpyro.factor("quad", -0.5 * r @ QUAD_A @ r)
 
 
+# ~35 s (an in-test NUTS run); the default run checks the mirrored engines' accuracy on the sparse
+# Dirichlet
+@pytest.mark.slow
 def test_quadratic_simplex_target_matches_nuts():
     mcmc = MCMC(NUTS(quadratic_on_simplex), num_warmup=1000, num_samples=10000, progress_bar=False)
     mcmc.run(jax.random.key(1))
@@ -111,6 +114,8 @@ def test_sparse_dirichlet_mirrored_beat_stick_breaking_svgd():
     assert ed["CoinMSVGD"] < 5 * baseline, (ed, baseline)
 
 
+# ~35 s (LKJ compiles slowly); test_validation names unsupported supports in the default run
+@pytest.mark.slow
 def test_unsupported_constraint_is_named_and_fallback_works():
     def model():
         numpyro.sample("L", dist.LKJCholesky(3, 1.0))
@@ -144,6 +149,7 @@ def test_greater_than_map_and_default_fallback():
         assert bool(jnp.all(jnp.diff(s["o"], axis=-1) > 0))
 
 
+@pytest.mark.slow   # ~37 s; the default run checks the coin engines as MCMC kernels (test_coin)
 def test_mirrored_engine_as_mcmc_kernel():
     y = jnp.array([0.5, 1.2, -0.3])
     mcmc = MCMC(gf.CoinMSVGD(mixed_sites), num_warmup=30, num_samples=10, num_chains=10,

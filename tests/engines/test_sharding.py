@@ -124,6 +124,8 @@ DATA_JOB = background.job("sharding: data rows on 4 devices", [sys.executable, "
                           timeout=600)
 
 
+# ~30 s; the default run keeps the particle-sharded test (the same mesh and placement)
+@pytest.mark.slow
 @pytest.mark.background(DATA_JOB)
 def test_data_sharded_over_four_devices_matches_one_device(tmp_path):
     out = background.result(DATA_JOB, tmp_path).proc
