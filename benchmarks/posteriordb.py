@@ -196,6 +196,13 @@ def run_one(posterior: str, engine: str, steps: int, seed: int = 0) -> dict:
                                          for k, v in report["values"].items()},
                               "skipped": list(report["skipped"])}
             row["diagnose_s"] = time.perf_counter() - t2
+            points = os.environ.get("BENCH_POINTS_DIR")
+            if points:   # the result's points and trace, to re-check them without refitting
+                res = _LAST_RESULT[0]
+                Path(points).mkdir(parents=True, exist_ok=True)
+                np.savez(Path(points) / f"{posterior}__{engine}.npz",
+                         z=np.asarray(res.unconstrained),
+                         **{f"trace_{k}": np.asarray(v) for k, v in res.trace.items()})
     except Exception as e:  # a failing engine is a row, not a crash
         row.update(wall_s=time.perf_counter() - t1, compile_s=compile_s[0],
                    error=f"{type(e).__name__}: {e}".replace("\n", " ")[:400])
