@@ -29,7 +29,7 @@ from numpyro_gflow.engines import (
     MSVGD,
     NonFiniteError,
 )
-from numpyro_gflow.report import Summary, print_summary, summary
+from numpyro_gflow.report import ResultSummary, print_summary, summary
 from numpyro_gflow.result import InferenceResult
 
 __all__ = [
@@ -48,11 +48,11 @@ __all__ = [
     "ModelBridge",
     "NonFiniteError",
     "RBFKernel",
+    "ResultSummary",
     "SVGD",
     "SVMD",
     "SVNG",
     "StreamedData",
-    "Summary",
     "UnreliableResultWarning",
     "core",
     "diagnose",

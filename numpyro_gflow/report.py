@@ -1,11 +1,12 @@
 """A readable summary of a result, as NumPyro's ``print_summary`` gives for MCMC.
 
-``gf.summary(result)`` returns a `Summary`: per scalar parameter the mean, sd, median and the
-central ``prob`` interval's quantiles (5 % and 95 % by default), how many points they come
+``gf.summary(result)`` returns a `ResultSummary`: per scalar parameter the mean, sd, median
+and the central ``prob`` interval's quantiles (5 % and 95 % by default), how many points they come
 from (for particle engines, how many of the particles are distinct), and the result's own
 checks (`InferenceResult.diagnose`). ``print(gf.summary(result))`` or
-``gf.print_summary(result)`` shows it as a table; ``Summary.stats`` holds the numbers (site ->
-statistic -> array of the site's shape), as ``numpyro.diagnostics.summary`` does.
+``gf.print_summary(result)`` shows it as a table; ``ResultSummary.stats`` holds the numbers (site ->
+statistic -> array of the site's shape), as ``numpyro.diagnostics.summary`` does. (For a
+comparison against reference draws see `numpyro_gflow.diagnostics.summarize`.)
 
 MCMC's ``n_eff`` and ``r_hat`` are not shown: the points of a gradient-flow result are not a
 Markov chain (particles interact; a density engine's draws are independent), so their
@@ -15,18 +16,21 @@ the table.
 
 from __future__ import annotations
 
-from itertools import product
+import dataclasses
 
 import numpy as np
 
+from numpyro_gflow.diagnostics import flatten_samples
+
 __all__ = [
-    "Summary",
+    "ResultSummary",
     "print_summary",
     "summary",
 ]
 
 
-class Summary:
+@dataclasses.dataclass
+class ResultSummary:
     """What `summary` returns.
 
     Attributes:
@@ -40,23 +44,26 @@ class Summary:
         status: the run's status (``"ok"`` or why it ended early).
     """
 
-    def __init__(self, engine, stats, num_points, distinct, kind, diagnostics, status):
-        self.engine = engine
-        self.stats = stats
-        self.num_points = num_points
-        self.distinct = distinct
-        self.kind = kind
-        self.diagnostics = diagnostics
-        self.status = status
+    engine: str
+    stats: dict
+    num_points: int
+    distinct: int
+    kind: str
+    diagnostics: dict | None
+    status: str
 
     def rows(self):
         """``(name, {statistic: float})`` per scalar parameter, NumPyro's naming
         (``theta[0,1]``)."""
-        for name, st in self.stats.items():
-            shape = np.shape(st["mean"])
-            for idx in product(*map(range, shape)):
-                label = name + ("[" + ",".join(map(str, idx)) + "]" if idx else "")
-                yield label, {k: float(np.asarray(v)[idx]) for k, v in st.items()}
+        if not self.stats:
+            return
+        columns = list(next(iter(self.stats.values())))
+        # one (1, k) row per statistic, its k scalars named as flatten_samples names them
+        flat = {c: flatten_samples({site: np.asarray(st[c])[None] for site, st in
+                                    self.stats.items()}) for c in columns}
+        names = flat[columns[0]][1]
+        for j, name in enumerate(names):
+            yield name, {c: float(flat[c][0][0, j]) for c in columns}
 
     def __str__(self) -> str:
         rows = list(self.rows())
@@ -115,7 +122,7 @@ def _fmt_check(name, v) -> str:
 
 
 def summary(result, prob: float = 0.9, num_samples: int | None = None, rng_key=None,
-            diagnose: bool = False) -> Summary:
+            diagnose: bool = False) -> ResultSummary:
     """Per-parameter mean, sd, median and central ``prob`` interval of ``result``'s points,
     with its checks.
 
@@ -148,7 +155,7 @@ def summary(result, prob: float = 0.9, num_samples: int | None = None, rng_key=N
         n = distinct = int(num_samples)
     if diagnose and result.diagnostics is None:
         result.diagnose()
-    return Summary(result.engine, stats, n, distinct, kind, result.diagnostics, result.status)
+    return ResultSummary(result.engine, stats, n, distinct, kind, result.diagnostics, result.status)
 
 
 def print_summary(result, prob: float = 0.9, **kwargs) -> None:
