@@ -363,9 +363,11 @@ def _tails_check(out, result):
            "heavy-tailed, some points have strayed far out (more steps, another engine)")
 
 
-def _spread_check(out, result, z):
-    """Stein's identity on the points, one unconstrained coordinate at a time (see
-    `SPREAD_MAX`): the points' spread against what the model's curvature implies."""
+def _spread_check(out, result, z=None):
+    """Stein's identity on the points (default: the result's), one unconstrained coordinate
+    at a time (see `SPREAD_MAX`): the points' spread against what the model's curvature
+    implies."""
+    z = jnp.asarray(result.unconstrained) if z is None else z
     n = z.shape[0]
     if n < TAILS_MIN_POINTS:
         out["skipped"]["spread"] = f"{n} points: too few to compare their spread"

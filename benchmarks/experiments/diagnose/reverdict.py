@@ -1,12 +1,12 @@
 """Re-check the posteriordb table's fits from their saved points, without refitting.
 
     BENCH_POINTS_DIR=DIR python -m benchmarks.posteriordb ...     # saves each fit's points
-    python -m benchmarks.experiments.diagnose.reverdict RESULTS.json DIR [--checks tails]
+    python -m benchmarks.experiments.diagnose.reverdict RESULTS.json DIR [--checks tails,spread]
 
 For a particle engine's row the whole `result.diagnose()` is re-run on an `InferenceResult`
 rebuilt from the saved particles and trace; for a density engine's row (whose PSIS checks need
 the fitted density, not saved) only the checks on its points are (``--checks``, default
-``tails``), merged into the recorded verdict. The rows are rewritten in place.
+``tails,spread``), merged into the recorded verdict. The rows are rewritten in place.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
     ap.add_argument("points")
-    ap.add_argument("--checks", default="tails")
+    ap.add_argument("--checks", default="tails,spread")
     args = ap.parse_args(argv)
     path = Path(args.results)
     rows = json.loads(path.read_text())
