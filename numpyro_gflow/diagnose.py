@@ -27,6 +27,7 @@ A user has no reference posterior to compare with, so every result checks itself
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +57,11 @@ __all__ = [
 ]
 
 #: whether ``run`` checks its result when not told (``run(..., diagnose=None)``); set it to
-#: False to skip the checks everywhere (the test suite does, outside the tests of the checks)
-ON_RUN = True
+#: False to skip the checks everywhere (the test suite does, outside the tests of the checks).
+#: Its start value is False when the environment has ``NUMPYRO_GFLOW_DIAGNOSE=0`` (for a
+#: child process, e.g. the test suite's runs of the example notebooks)
+ON_RUN = os.environ.get("NUMPYRO_GFLOW_DIAGNOSE", "1").strip().lower() not in (
+    "0", "false", "no", "off")
 #: Pareto k_hat above which importance weights (and the fit they test) are unreliable
 #: (Yao et al. 2018; Vehtari et al., "Pareto smoothed importance sampling", 2024)
 PARETO_K_MAX = 0.7

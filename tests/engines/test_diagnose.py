@@ -3,6 +3,9 @@ under-run and wrong-family fits are flagged, the particle engines' KSD test hold
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -192,6 +195,18 @@ def test_the_package_default_follows_diagnose_on_run(monkeypatch):
     monkeypatch.setattr(gf.diagnose, "ON_RUN", False)
     res = gf.FBGVI(conjugate).run(jax.random.key(0), 50, Y, progress_bar=False)
     assert res.diagnostics is None
+
+
+@pytest.mark.parametrize("value, expected", [(None, True), ("1", True), ("0", False),
+                                             ("off", False)])
+def test_diagnose_on_run_starts_from_the_environment(value, expected):
+    env = {k: v for k, v in os.environ.items() if k != "NUMPYRO_GFLOW_DIAGNOSE"}
+    if value is not None:
+        env["NUMPYRO_GFLOW_DIAGNOSE"] = value
+    code = "import numpyro_gflow.diagnose as d; print(d.ON_RUN)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == str(expected)
 
 
 def test_tails_check_sees_strayed_points_and_passes_exact_draws():
