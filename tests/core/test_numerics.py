@@ -56,3 +56,31 @@ def test_affine_coordinates_map_scores_and_hessians():
     np.testing.assert_allclose(coords.to_z(jnp.zeros(4)), shift)
     assert np.isclose(float(coords.log_det), np.linalg.slogdet(np.asarray(w, np.float64))[1],
                       rtol=1e-4)
+
+
+def _funnel(z):
+    # a centred hierarchical model's log density in (mu, log tau, a[0..3]): N(a | mu, tau) per
+    # group, a flat-ish prior, the log tau Jacobian; it grows without bound as tau -> 0 with
+    # every a at mu, so it has no mode
+    mu, log_tau, a = z[0], z[1], z[2:]
+    tau = jnp.exp(log_tau)
+    lik = -0.5 * jnp.sum((jnp.array([1.0, 1.2, 0.9, 1.1]) - a) ** 2 / 0.1**2)
+    return (lik - 0.5 * mu**2 / 25 - 0.5 * tau**2 / 4 + log_tau
+            + jnp.sum(-0.5 * ((a - mu) / tau) ** 2 - log_tau))
+
+
+def test_best_laplace_keeps_converged_modes_and_falls_back_where_there_is_no_mode():
+    starts = numerics.spread_starts(jnp.zeros(6), jax.random.key(0), 7)
+    # the funnel: Newton runs down its neck (decrement measured 1e7-1e8 there); the
+    # identity coordinates around the first start come back instead of a degenerate Gaussian
+    mode, w = jax.jit(lambda s: numerics.best_laplace(_funnel, s, 200))(starts)
+    np.testing.assert_array_equal(mode, starts[0])
+    np.testing.assert_array_equal(w, jnp.eye(6))
+    # a Gaussian: its mode and covariance factor (decrement ~0)
+    cov = jnp.diag(jnp.array([4.0, 0.01, 1.0, 9.0, 0.25, 1.0]))
+    mean = jnp.arange(6.0)
+    gauss = lambda z: -0.5 * (z - mean) @ jnp.linalg.solve(cov, z - mean)  # noqa: E731
+    mode, w = jax.jit(lambda s: numerics.best_laplace(gauss, s, 200))(starts)
+    np.testing.assert_allclose(mode, mean, atol=1e-3)
+    np.testing.assert_allclose(w @ w.T, cov, rtol=1e-3, atol=1e-6)
+    assert float(numerics.newton_decrement(gauss, mode, w)) < 1e-6
