@@ -358,6 +358,15 @@ def _verdict_section(rows: list[dict]) -> list[str]:
              f" {len(c['alarms'])}"
              + (f" ({100 * (1 - len(c['alarms']) / c['within']):.0f} % passed)"
                 if c["within"] else "")]
+    judged = [r for r in rows if r.get("verdict") is not None]
+    for check in ("tails", "spread"):
+        lacking = [r for r in judged if check not in r["verdict"]["values"]
+                   and check not in r["verdict"].get("skipped", [])]
+        if lacking:
+            engines = sorted({r["engine"] for r in lacking})
+            lines.append(f"- without the `{check}` check (their verdicts were taken before it "
+                         f"existed, and their points were not kept): {len(lacking)} rows "
+                         f"({', '.join(engines)})")
     noisy = {p: v for p, v in c["unstable"].items() if v}
     if noisy:
         lines += ["", "Reference sds unstable between the halves of the reference draws: "
@@ -424,7 +433,10 @@ def render(rows: list[dict], header: dict) -> str:
     lines += _verdict_section(rows)
     lines += ["", "## Wall time and work", "",
               "Seconds of the first call (fresh process: construction, run and draws, "
-              "compilation included) / gradient evaluations of the model's log density.", "",
+              "compilation included) / gradient evaluations of the model's log density. A row "
+              "re-run after the table was made may have shared the machine with other work "
+              "(up to twice the idle time); `make bench` on an idle machine re-measures all.",
+              "",
               head.replace(" within |", ""), "|---|" + "---:|" * len(posteriors)]
     for e in engines:
         cells = []
