@@ -60,8 +60,12 @@ __all__ = [
 #: False to skip the checks everywhere (the test suite does, outside the tests of the checks).
 #: Its start value is False when the environment has ``NUMPYRO_GFLOW_DIAGNOSE=0`` (for a
 #: child process, e.g. the test suite's runs of the example notebooks)
-ON_RUN = os.environ.get("NUMPYRO_GFLOW_DIAGNOSE", "1").strip().lower() not in (
-    "0", "false", "no", "off")
+def _env_on(value: str | None) -> bool:
+    """An environment flag's value: off for ``0``/``false``/``no``/``off``, on otherwise."""
+    return (value or "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+ON_RUN = _env_on(os.environ.get("NUMPYRO_GFLOW_DIAGNOSE"))
 #: Pareto k_hat above which importance weights (and the fit they test) are unreliable
 #: (Yao et al. 2018; Vehtari et al., "Pareto smoothed importance sampling", 2024)
 PARETO_K_MAX = 0.7

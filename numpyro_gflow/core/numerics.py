@@ -227,8 +227,8 @@ def best_laplace(log_p: Callable, starts, map_steps: int, newton_steps: int = NE
     the search runs down the funnel's neck (``log tau`` -16 after 20 Newton steps, decrement
     1e7-1e8, where the 13 posteriordb posteriors' modes have at most 2e-4), and a Gaussian
     there has scales from 1e-8 to 1e3: particles started in it are non-finite at once. Then
-    ``(starts[0], I)`` is returned -- the identity coordinates around the init strategy's
-    point, as with no preconditioning."""
+    ``(starts[0], I)`` is returned: NumPyro's own unconstrained coordinates, shifted to the
+    init strategy's point."""
     modes, factors = jax.vmap(lambda x: laplace(log_p, x, map_steps, newton_steps))(starts)
     values = jax.vmap(log_p)(modes)
     decrements = jax.vmap(lambda x, w: newton_decrement(log_p, x, w))(modes, factors)
