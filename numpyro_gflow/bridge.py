@@ -18,6 +18,8 @@ estimate is unbiased. Without a key the full data are used.
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 import warnings
 from typing import Callable, NamedTuple
@@ -137,6 +139,37 @@ def _sites_before_failure(model, rng_key, args, kwargs) -> list[str]:
     return list(getattr(tracer, "trace", {}) or {})
 
 
+def _is_factor(site) -> bool:
+    """A ``numpyro.factor`` site: an observed `Unit` distribution carrying a log-density term."""
+    from numpyro.distributions.distribution import Unit
+
+    return isinstance(site["fn"], Unit)
+
+
+def _check_observed_shape(name, site) -> None:
+    """An observed value whose distribution has a larger batch shape is broadcast, and every
+    observation counted several times (an input with an extra axis, ``x[:, None]``); one whose
+    shape does not broadcast with it cannot be scored. Both are errors naming the site."""
+    fn, value = site["fn"], site["value"]
+    shape = tuple(jnp.shape(value))
+    event_dim = len(fn.event_shape)
+    batch = shape[: max(len(shape) - event_dim, 0)]
+    try:
+        joint = tuple(jnp.broadcast_shapes(batch, tuple(fn.batch_shape)))
+    except ValueError:
+        raise ValueError(
+            f"observed site {name!r}: the observed value has shape {shape} but its distribution "
+            f"{type(fn).__name__} has batch shape {tuple(fn.batch_shape)}; they do not "
+            "broadcast. Check that the data and the inputs the distribution's parameters are "
+            "computed from have the same number of rows.") from None
+    if batch and math.prod(joint) != math.prod(batch):   # leading 1s add no copies
+        raise ValueError(
+            f"observed site {name!r}: its distribution {type(fn).__name__} has batch shape "
+            f"{tuple(fn.batch_shape)} but the observed value has shape {shape}, so the "
+            f"likelihood would broadcast to {joint} and count each observation several times. "
+            "Usually an input has an extra axis (e.g. x of shape (N, 1) where (N,) was meant).")
+
+
 class ModelBridge:
     """A NumPyro model with fixed inputs, seen as a log density on R^d.
 
@@ -148,7 +181,8 @@ class ModelBridge:
 
     def __init__(self, model, prototype: dict, plates: tuple[SubsamplePlate, ...],
                  observed_sites: tuple[str, ...], deterministic_sites: tuple[str, ...],
-                 supports: dict | None = None, plate_sizes: dict | None = None):
+                 supports: dict | None = None, plate_sizes: dict | None = None,
+                 factor_sites: tuple[str, ...] = ()):
         self.model = model
         #: plate name -> full size, every plate of the model (what ``shard_data`` splits by)
         self.plate_sizes = {} if plate_sizes is None else plate_sizes
@@ -161,6 +195,8 @@ class ModelBridge:
         self.subsample_plates = plates
         self.observed_sites = observed_sites
         self.deterministic_sites = deterministic_sites
+        #: ``numpyro.factor`` sites: log-density terms, not observations
+        self.factor_sites = factor_sites
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -177,11 +213,15 @@ class ModelBridge:
                 f"running the model to trace its sites failed{where}: {e!r}. Check the model's "
                 "arguments (number, shapes) and its distributions' parameters."
             ) from e
-        latent, observed, deterministic, plates, plate_sizes = {}, [], [], [], {}
+        latent, observed, deterministic, plates, plate_sizes, factors = {}, [], [], [], {}, []
         for name, site in tr.items():
             if site["type"] == "sample":
                 if site["is_observed"]:
-                    observed.append(name)
+                    if _is_factor(site):   # numpyro.factor: a log-density term, no data
+                        factors.append(name)
+                    else:
+                        _check_observed_shape(name, site)
+                        observed.append(name)
                     continue
                 if site["fn"].support.is_discrete:
                     raise ValueError(
@@ -213,7 +253,7 @@ class ModelBridge:
             )
         supports = {name: site["fn"].support for name, site in latent.items()}
         return cls(model, prototype, tuple(plates), tuple(observed), tuple(deterministic), supports,
-                   plate_sizes)
+                   plate_sizes, tuple(factors))
 
     # ------------------------------------------------------------------ flatten / unflatten
     def flatten(self, params: dict) -> jax.Array:
@@ -225,6 +265,41 @@ class ModelBridge:
 
     def flatten_batch(self, params: dict) -> jax.Array:
         return jax.vmap(self.flatten)(params)
+
+    def check_params(self, params, batched: bool, what: str = "init_params") -> None:
+        """Raise a ``TypeError``/``ValueError`` naming the site unless ``params`` is a dict with
+        exactly the latent sites, each of its unconstrained shape (``batched``: one leading
+        axis, the same length for every site). Runs before anything compiles."""
+        if not isinstance(params, dict):
+            raise TypeError(f"{what} must be a dict of latent site name -> unconstrained value, "
+                            f"got {type(params).__name__}")
+        missing = [k for k in self.site_names if k not in params]
+        extra = [k for k in params if k not in self.site_names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing latent site(s) {missing}")
+            for k in extra:
+                kind = ("a deterministic site" if k in self.deterministic_sites else
+                        "an observed site" if k in self.observed_sites else "not a site")
+                parts.append(f"{k!r} is {kind} of the model")
+            raise ValueError(f"{what}: {'; '.join(parts)}. It needs exactly the latent sites "
+                             f"{list(self.site_names)} (values in the unconstrained space)")
+        rows = None
+        for k in self.site_names:
+            shape, want = tuple(jnp.shape(params[k])), tuple(self.prototype[k].shape)
+            if batched:
+                ok = len(shape) == len(want) + 1 and shape[1:] == want
+                rows = shape[0] if ok and rows is None else rows
+                ok = ok and shape[0] == rows
+                expected = f"(n,) + {want} with the same n for every site (n = {rows})" \
+                    if rows is not None else f"(n,) + {want}"
+            else:
+                ok, expected = shape == want, f"{want}"
+            if not ok:
+                raise ValueError(f"{what}[{k!r}] has shape {shape}, expected {expected}: the "
+                                 f"site's shape in the unconstrained space"
+                                 + (", one row per particle (or component)" if batched else ""))
 
     def unflatten_batch(self, z: jax.Array) -> dict:
         return jax.vmap(self.unflatten)(z)
@@ -326,12 +401,16 @@ class ModelBridge:
     def constrain_batch(self, z, args=(), kwargs=None):
         return jax.vmap(self.constrain, in_axes=(0, None, None))(z, args, kwargs)
 
-    def log_likelihood(self, z, args=(), kwargs=None):
-        """Pointwise log-likelihood of each observed site at each row of ``z`` (n, d)."""
+    def log_likelihood(self, z, args=(), kwargs=None, factors: bool = False):
+        """Pointwise log-likelihood of each observed site at each row of ``z`` (n, d); with
+        ``factors``, the ``numpyro.factor`` terms too (they are not data: ``az.loo`` wants one
+        array per observation, so they are left out by default)."""
         kwargs = {} if kwargs is None else kwargs
         samples = self.constrain_batch(z, args, kwargs)
         samples = {k: samples[k] for k in self.site_names}
-        return log_likelihood(self._model_with_plates(None), samples, *args, **kwargs)
+        ll = log_likelihood(self._model_with_plates(None), samples, *args, **kwargs)
+        keep = self.observed_sites + (self.factor_sites if factors else ())
+        return {k: v for k, v in ll.items() if k in keep}
 
     def observed_values(self, args=(), kwargs=None) -> dict:
         kwargs = {} if kwargs is None else kwargs

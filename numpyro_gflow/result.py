@@ -219,17 +219,21 @@ class InferenceResult:
             raise ValueError(f"{self.engine} has no density, so no ELBO")
         return elbo(self._batch_log_density, self._sampler, self._log_q, rng_key, num_samples)
 
-    def log_likelihood(self) -> dict:
-        """Pointwise log-likelihood of each observed site at each point: site -> (n, ...)."""
-        return self.bridge.log_likelihood(self.unconstrained, self.model_args, self.model_kwargs)
+    def log_likelihood(self, factors: bool = False) -> dict:
+        """Pointwise log-likelihood of each observed site at each point: site -> (n, ...).
+        ``numpyro.factor`` terms are not observations and are left out unless ``factors``."""
+        return self.bridge.log_likelihood(self.unconstrained, self.model_args, self.model_kwargs,
+                                          factors=factors)
 
-    def to_arviz(self, log_likelihood: bool = True):
+    def to_arviz(self, log_likelihood: bool = True, factors: bool = False):
         """An ArviZ ``DataTree``.
 
         Groups: ``posterior`` (dims ``chain`` = 1, ``draw`` = points), ``log_likelihood`` (so
         ``az.loo`` works), ``observed_data``, ``sample_stats`` (``lp``: each point's log
         density) and ``trace`` (dim ``step``: the per-step objective and the engine's other
         per-step numbers; its attributes hold the engine's scalar end-of-run ``stats``, if any).
+        ``log_likelihood`` holds the observed sites only (``numpyro.factor`` terms are not
+        observations, and ``az.loo`` needs a single array); ``factors=True`` adds them.
         After `diagnose` (``run`` calls it by default) ``sample_stats`` and ``trace`` also carry
         its verdict as attributes: ``diagnose_ok`` (1/0), ``diagnose_failed`` (comma-separated
         check names) and ``diagnose_<check>`` (each value).
@@ -243,7 +247,7 @@ class InferenceResult:
             "sample_stats": {"lp": np.asarray(self.log_density())[None]},
         }
         if log_likelihood and self.bridge.observed_sites:
-            groups["log_likelihood"] = to_np(self.log_likelihood())
+            groups["log_likelihood"] = to_np(self.log_likelihood(factors=factors))
             observed = self.bridge.observed_values(self.model_args, self.model_kwargs)
             groups["observed_data"] = {k: np.asarray(v) for k, v in observed.items()}
         dt = from_dict(groups, dims=self._obs_dims(groups))

@@ -224,6 +224,7 @@ class Engine(abc.ABC):
     def _initial_points(self, compiled, dynamic, keys, init_params):
         bridge = compiled.bridge
         if init_params is not None:
+            bridge.check_params(init_params, batched=True)
             z = bridge.flatten_batch(init_params)
             if z.shape[0] != keys.shape[0]:
                 raise ValueError(f"init_params has {z.shape[0]} rows, expected one per particle "

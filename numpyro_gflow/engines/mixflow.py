@@ -584,6 +584,8 @@ class MixFlowKernel(KernelAdapter):
                 p = point(z, p.rho, p.u, vg)
             return MixFlowKernelState(*p, k_next)
 
+        if init_params is not None:
+            self._fit.bridge.check_params(init_params, batched=self._batched(rng_key))
         z = None if init_params is None else self._fit.bridge.flatten_batch(init_params) \
             if self._batched(rng_key) else self._fit.bridge.flatten(init_params)
         if self._batched(rng_key):

@@ -6,6 +6,7 @@ import numpyro.distributions as dist
 import pytest
 from numpyro.infer.util import initialize_model
 
+import numpyro_gflow as gf
 from numpyro_gflow import ModelBridge
 from conftest import linreg_model
 
@@ -101,3 +102,48 @@ def test_improper_uniform_site_with_factor():
     bridge = ModelBridge.from_model(model)
     assert bridge.dim == 2
     np.testing.assert_allclose(bridge.value_and_grad(jnp.zeros(2))[1], [1.0, 1.0], rtol=1e-6)
+
+
+def test_factor_sites_stay_out_of_the_log_likelihood_and_loo_works():
+    # a model with a soft constraint (numpyro.factor) and two observed sites, one of them
+    # masked: the factor used to land in log_likelihood, and az.loo raised "Found several log
+    # likelihood arrays ['lik', 'soft']"
+    import arviz as az
+
+    x = jnp.linspace(-1.0, 1.0, 20)
+    y = 1.0 + 0.5 * x + 0.3 * jnp.sin(7.0 * x)
+    z = jnp.where(jnp.arange(20) % 4 == 0, jnp.nan, 2.0 * y)
+
+    def model(x, y, z):
+        a = numpyro.sample("a", dist.Normal(0.0, 2.0))
+        b = numpyro.sample("b", dist.Normal(0.0, 2.0))
+        numpyro.factor("soft", -0.5 * (a - b) ** 2)
+        mu = numpyro.deterministic("mu", a + b * x)
+        with numpyro.plate("data", 20):
+            numpyro.sample("lik", dist.Normal(mu, 0.5), obs=y)
+            ok = jnp.isfinite(z)
+            numpyro.sample("z", dist.Normal(2.0 * mu, 1.0).mask(ok), obs=jnp.where(ok, z, 0.0))
+
+    res = gf.SVGD(model, num_particles=50).run(jax.random.key(0), 200, x, y, z,
+                                                progress_bar=False)
+    assert res.bridge.factor_sites == ("soft",)
+    assert set(res.log_likelihood()) == {"lik", "z"}
+    assert set(res.log_likelihood(factors=True)) == {"lik", "z", "soft"}
+    dt = res.to_arviz()
+    assert set(dt["log_likelihood"].data_vars) == {"lik", "z"}
+    assert set(dt["observed_data"].data_vars) == {"lik", "z"}
+    assert "mu" in dt["posterior"].data_vars
+    loo = az.loo(dt, var_name="lik")
+    assert np.isfinite(loo.elpd)
+    az.summary(dt)
+
+    # a factor beside one observed site: az.loo needs no var_name (it raised TypeError)
+    def model1(x, y):
+        a = numpyro.sample("a", dist.Normal(0.0, 2.0))
+        numpyro.factor("soft", -0.5 * a**2)
+        with numpyro.plate("data", 20):
+            numpyro.sample("lik", dist.Normal(a + 0.5 * x, 0.5), obs=y)
+
+    dt1 = gf.SVGD(model1, num_particles=50).run(jax.random.key(0), 200, x, y,
+                                               progress_bar=False).to_arviz()
+    assert np.isfinite(az.loo(dt1).elpd)

@@ -329,3 +329,63 @@ def test_mixflow_reference_shape():
 def test_model_not_callable():
     with raises(TypeError, "model", "callable"):
         gf.SVGD("model")
+
+
+# ------------------------------------------------------------------------ data and init shapes
+def regression(x, y):
+    a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+    b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("y", dist.Normal(a + b * x, 1.0), obs=y)
+
+
+X5 = jnp.linspace(-1.0, 1.0, 5)
+Y5 = 0.5 + 2.0 * X5
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_observations_one_short_name_the_site(name):
+    # NumPyro's own message spoke of "model and guide shapes" (a guide the user does not have)
+    with raises(ValueError, "observed site 'y'", "(4,)", "(5,)"):
+        run(ENGINES[name](regression), X5, Y5[:4])
+
+
+@pytest.mark.parametrize("name", ["SVGD", "FBGVI", "MixFlow"])
+def test_input_with_an_extra_axis_is_an_error_not_a_broadcast(name):
+    # x of shape (5, 1): the likelihood would broadcast to (5, 5) and count every y five times
+    with raises(ValueError, "observed site 'y'", "(5, 5)", "extra axis"):
+        run(ENGINES[name](regression), X5[:, None], Y5)
+
+
+def test_observed_value_with_leading_singleton_axes_is_accepted():
+    # (1, 5) against a (5,) value adds no copies of an observation: not an error
+    def model(x, y):
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(a + x[None, :], 1.0).to_event(0), obs=y)
+
+    res = run(ENGINES["SVGD"](model), X5, Y5)
+    assert res.get_samples()["a"].shape == (4,)
+
+
+@pytest.mark.parametrize("name", ["SVGD", "IsoGaussianMixtureVI", "FBGVI"])
+def test_init_params_missing_or_extra_sites_are_named(name):
+    eng = ENGINES[name](regression)
+    rows = eng.num_points if hasattr(eng, "num_points") else 4
+    with raises(ValueError, "init_params", "missing latent site(s) ['b']"):
+        run(eng, X5, Y5, init_params={"a": jnp.zeros(rows)})
+    with raises(ValueError, "init_params", "'y' is an observed site"):
+        run(eng, X5, Y5, init_params={"a": jnp.zeros(rows), "b": jnp.zeros(rows),
+                                      "y": jnp.zeros((rows, 5))})
+    with raises(ValueError, "init_params['b']", f"shape ({rows}, 3)"):
+        run(eng, X5, Y5, init_params={"a": jnp.zeros(rows), "b": jnp.zeros((rows, 3))})
+    with raises(TypeError, "init_params", "dict"):
+        run(eng, X5, Y5, init_params=jnp.zeros((rows, 2)))
+
+
+def test_mixflow_kernel_init_params_are_checked():
+    from numpyro.infer import MCMC
+
+    kern = gf.MixFlowKernel(regression, flow_length=2, num_leapfrog=2, num_tune_samples=2)
+    mcmc = MCMC(kern, num_warmup=0, num_samples=2, progress_bar=False)
+    with raises(ValueError, "init_params", "missing latent site(s) ['b']"):
+        mcmc.run(KEY, X5, Y5, init_params={"a": jnp.zeros(())})
