@@ -147,6 +147,10 @@ class Engine(abc.ABC):
     def _result(self, state, info, target: Target, rng_key) -> InferenceResult:
         """The run's result from the final state and the per-step ``Info`` (stacked)."""
 
+    def _check_target(self, target: Target) -> None:
+        """Refuse a model this engine cannot run (raise ``ValueError`` naming the site), on
+        the concrete inputs, once per input signature and before anything compiles."""
+
     def _init_state(self, z, rng_key, target: Target, given: bool = False):
         """The state a run starts from (``given``: ``z`` are the user's ``init_params``); the
         engines' `_core_init` unless a base adds something (`ParticleEngine`'s coordinates)."""

@@ -91,6 +91,7 @@ def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
     bridge = ModelBridge.from_model(engine.model, *args, **kwargs)
     if stream is not None:
         bridge = bridge.with_streamed_plate(stream.num_rows, stream.batch_size)
+    engine._check_target(Target(bridge, args, kwargs))   # before anything compiles
 
     def model_inputs(dyn):
         return merge_static_args(dyn, static, treedef)

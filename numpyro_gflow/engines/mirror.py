@@ -174,6 +174,9 @@ class MirroredTarget:
 class _MirroredEngine(ParticleEngine):
     """Particles live in mirror coordinates; results and MCMC samples are NumPyro's."""
 
+    # the supports are checked before compiling (`_check_target`): the init is pure
+    traceable_init = True
+
     def __init__(self, model, *, num_particles, init_strategy, fallback, precondition=None):
         super().__init__(model, num_particles=num_particles, init_strategy=init_strategy,
                          precondition=precondition)
@@ -184,8 +187,10 @@ class _MirroredEngine(ParticleEngine):
     def _mirror(self, bridge) -> MirroredTarget:
         return MirroredTarget(bridge, self.fallback)
 
-    def _check_fixed_supports(self, target: Target):
-        """The mirror maps are fixed from the first trace: refuse supports that move."""
+    def _check_target(self, target: Target):
+        """Every site has a mirror map (or the fallback), and the mirror maps are fixed from
+        the first trace: refuse supports that move."""
+        self._mirror(target.bridge)
         moving = target.bridge.input_dependent_supports(target.model_args, target.model_kwargs)
         if moving:
             name = moving[0]
@@ -266,7 +271,6 @@ class MSVGD(_MirroredEngine):
                             f"got {type(self.kernel).__name__}")
 
     def _core_init(self, particles, rng_key, target: Target):
-        self._check_fixed_supports(target)
         return msvgd.init(particles, self.optimizer, rng_key)
 
     def _core_step(self, state, target):
