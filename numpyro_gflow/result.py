@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable, Optional
 
 import jax
@@ -12,8 +13,62 @@ from numpyro_gflow.bridge import ModelBridge
 
 __all__ = [
     "InferenceResult",
+    "LazyStats",
     "latent_guide",
 ]
+
+
+class LazyStats(Mapping):
+    """An engine's end-of-run numbers (``result.stats``), some computed only when first read.
+
+    ``values``: numbers known at the end of the run; ``lazy``: ``(keys, thunk)`` pairs, where
+    ``thunk()`` returns a dict holding ``keys`` (computed once, when one of them is first read:
+    e.g. MixFlow's ELBO estimate, which compiles and runs the flow and its inverse, a cost
+    worth paying only when the number is wanted). A read-only mapping like a dict; `with_values`
+    adds known numbers without computing the rest."""
+
+    def __init__(self, values: dict | None = None, lazy=()):
+        self._values = dict(values or {})
+        self._lazy = {}
+        for keys, thunk in lazy:
+            for k in keys:
+                self._lazy[k] = thunk
+
+    def __getitem__(self, key):
+        if key not in self._values and key in self._lazy:
+            thunk = self._lazy[key]
+            computed = thunk()
+            for k in [k for k, t in self._lazy.items() if t is thunk]:
+                self._values[k] = computed[k]
+                del self._lazy[k]
+        return self._values[key]
+
+    def __contains__(self, key):
+        return key in self._values or key in self._lazy
+
+    def __iter__(self):
+        return iter([*self._values, *self._lazy])
+
+    def __len__(self):
+        return len(self._values) + len(self._lazy)
+
+    def __repr__(self):
+        shown = {**self._values, **{k: "<computed when read>" for k in self._lazy}}
+        return f"LazyStats({shown!r})"
+
+    def with_values(self, **values) -> "LazyStats":
+        """A copy with ``values`` added (the lazy numbers stay lazy)."""
+        out = LazyStats({**self._values, **values})
+        out._lazy = {k: t for k, t in self._lazy.items() if k not in values}
+        return out
+
+
+def with_stats(stats, **values):
+    """``stats`` (None, a dict or `LazyStats`) with ``values`` added, without computing lazy
+    numbers."""
+    if isinstance(stats, LazyStats):
+        return stats.with_values(**values)
+    return {**(stats or {}), **values}
 
 
 def latent_guide(bridge: ModelBridge, latent: Callable):
@@ -53,7 +108,8 @@ class InferenceResult:
         params: the guide's parameters (``None`` for particle engines).
         stats: scalar end-of-run numbers of the engine (MixFlow: its ELBO and standard error,
             the reference's ELBO, the chosen step size, the inversion error, gradient
-            evaluations), or ``None``; also attributes of ``to_arviz()["trace"]``.
+            evaluations; a `LazyStats`, whose ELBOs and inversion error are computed when
+            first read), or ``None``; also attributes of ``to_arviz()["trace"]``.
         flow: MixFlow's fitted flow (`numpyro_gflow.engines.mixflow.MixFlowResult`: sample,
             augmented-space density, ELBO), ``None`` for other engines.
         status: ``"ok"``, or why the run ended early (non-finite step, interruption).

@@ -38,7 +38,7 @@ from numpyro_gflow.core.optim import coin_restarts
 from numpyro_gflow.engines import placement
 from numpyro_gflow.engines.driver import NonFiniteError, compile_engine, run_chunks
 from numpyro_gflow.engines.mcmc import EnsembleKernel
-from numpyro_gflow.result import InferenceResult
+from numpyro_gflow.result import InferenceResult, with_stats
 
 __all__ = [
     "DensityEngine",
@@ -359,12 +359,12 @@ class Engine(abc.ABC):
         result.num_steps = steps_kept
         if self._shrink_step(init_state, 1.0) is not None:
             # steps that turned non-finite and were retried with the step halved (driver)
-            result.stats = {**(result.stats or {}), "backtracks": backtracks}
+            result.stats = with_stats(result.stats, backtracks=backtracks)
         coins = coin_restarts(state)
         if coins is not None:
             restarts, last = coins
-            result.stats = {**(result.stats or {}), "coin_restarts": restarts,
-                            "coin_restarts_last": last}
+            result.stats = with_stats(result.stats, coin_restarts=restarts,
+                                      coin_restarts_last=last)
             # with the checks on, diagnose's coin_restarts check says it (one warning)
             if last and not failed_at and not interrupted and not diagnose:
                 warnings.warn(
