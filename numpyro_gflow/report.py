@@ -127,7 +127,10 @@ def summary(result, prob: float = 0.9, num_samples: int | None = None, rng_key=N
     with its checks.
 
     Args:
-        result: an `InferenceResult`.
+        result: an `InferenceResult`, or a NumPyro ``MCMC`` that ran one of our particle
+            engines as its kernel: its ensemble after the last step is then summarised as one
+            sample and checked (MCMC's own r_hat and n_eff treat each interacting particle as a
+            chain and do not apply; `EnsembleKernel.ensemble_result`).
         prob: mass of the central interval (0.9: the 5 % and 95 % quantiles).
         num_samples: summarise this many fresh draws of a density engine's fit instead of
             the result's own points (with ``rng_key``).
@@ -137,6 +140,10 @@ def summary(result, prob: float = 0.9, num_samples: int | None = None, rng_key=N
     """
     if not isinstance(prob, float) or not 0.0 < prob < 1.0:
         raise ValueError(f"prob must be a float in (0, 1), got {prob!r}")
+    from numpyro_gflow.engines.mcmc import EnsembleKernel
+
+    if isinstance(getattr(result, "sampler", None), EnsembleKernel):
+        result, diagnose = result.sampler.ensemble_result(result), True
     samples = result.get_samples(num_samples, rng_key)
     lo, hi = (1.0 - prob) / 2.0, (1.0 + prob) / 2.0
     names = ("mean", "std", "median", f"{100 * lo:.1f}%", f"{100 * hi:.1f}%")

@@ -10,6 +10,8 @@ looks once per chunk.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from typing import Callable, NamedTuple
 
 import jax
@@ -73,6 +75,43 @@ class Compiled(NamedTuple):
         return merge_static_args(dynamic, self.static, self.treedef)
 
 
+#: (model, input signature, init strategy) -> (bridge, jitted initial points), shared by the
+#: engines built on the same model (the traced model and its init program do not depend on
+#: the engine: a second engine on the same inputs reuses them instead of tracing the model
+#: and compiling its init again); the most recently used `MODEL_CACHE_SIZE` are kept
+_MODEL_PROGRAMS: OrderedDict = OrderedDict()
+MODEL_CACHE_SIZE = 32
+
+
+def _model_key(engine, signature, stream):
+    if signature is None or stream is not None:   # unhashable inputs; a streamed plate
+        return None
+    return (engine.model, signature, engine.init_strategy)
+
+
+def _shared_model_programs(engine, signature, stream):
+    key = _model_key(engine, signature, stream)
+    try:
+        hit = None if key is None else _MODEL_PROGRAMS.get(key)
+    except TypeError:   # an unhashable model or init strategy
+        return None
+    if hit is not None:
+        _MODEL_PROGRAMS.move_to_end(key)
+    return hit
+
+
+def _remember_model_programs(engine, signature, stream, bridge, init_jit):
+    key = _model_key(engine, signature, stream)
+    if key is None:
+        return
+    try:
+        _MODEL_PROGRAMS[key] = (bridge, init_jit)
+    except TypeError:
+        return
+    while len(_MODEL_PROGRAMS) > MODEL_CACHE_SIZE:
+        _MODEL_PROGRAMS.popitem(last=False)
+
+
 def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
     """The bridge and compiled init/run of ``engine`` for these input shapes, built once and
     cached on the engine. ``stream``: a `StreamedData` whose first batch is in ``kwargs``.
@@ -88,9 +127,14 @@ def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
         signature, cached = None, None
     if cached is not None:
         return cached, dynamic
-    bridge = ModelBridge.from_model(engine.model, *args, **kwargs)
-    if stream is not None:
-        bridge = bridge.with_streamed_plate(stream.num_rows, stream.batch_size)
+    shared = _shared_model_programs(engine, signature, stream)
+    if shared is not None:
+        bridge, init_jit = shared
+    else:
+        bridge = ModelBridge.from_model(engine.model, *args, **kwargs)
+        if stream is not None:
+            bridge = bridge.with_streamed_plate(stream.num_rows, stream.batch_size)
+        init_jit = None
     engine._check_target(Target(bridge, args, kwargs))   # before anything compiles
 
     def model_inputs(dyn):
@@ -99,6 +143,10 @@ def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
     def init_fn(keys, dyn):
         a, kw = model_inputs(dyn)
         return bridge.init_particles(keys, a, kw, engine.init_strategy)
+
+    if init_jit is None:
+        init_jit = jax.jit(init_fn)
+        _remember_model_programs(engine, signature, stream, bridge, init_jit)
 
     def run_fn(carry, dyn, batches, bar_id, start, total, num_steps, every):
         # one chunk of ``num_steps`` steps from global step ``start``; steps at or past
@@ -163,7 +211,7 @@ def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
 
         return lax.scan(body, carry, (jnp.arange(num_steps, dtype=jnp.int32), batches))
 
-    compiled = Compiled(bridge, jax.jit(init_fn),
+    compiled = Compiled(bridge, init_jit,
                         jax.jit(run_fn, static_argnames=("num_steps", "every")), static, treedef,
                         {})
     if signature is not None:
