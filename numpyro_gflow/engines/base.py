@@ -36,7 +36,8 @@ from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_ar
 from numpyro_gflow.core.numerics import Affine, best_laplace, spread_starts
 from numpyro_gflow.core.optim import coin_restarts
 from numpyro_gflow.engines import placement
-from numpyro_gflow.engines.driver import NonFiniteError, compile_engine, run_chunks
+from numpyro_gflow.engines.driver import (NonFiniteError, compile_engine, run_chunks,
+                                          shared_program)
 from numpyro_gflow.engines.mcmc import EnsembleKernel
 from numpyro_gflow.result import InferenceResult, with_stats
 
@@ -176,11 +177,17 @@ class Engine(abc.ABC):
     def _start(self, z, rng_key, target: Target, given: bool = False):
         """`_init_state`, compiled (and cached for the inputs' signature) where the engine's
         init is `traceable_init`; what ``run``, ``init_state`` and the MCMC adapter call."""
+        extras = self._init_extras(z, rng_key, target)
         if not self.traceable_init:
-            return self._init_state(z, rng_key, target, given)
+            return self._init_state(z, rng_key, target, given, *extras)
         return self._compiled_program(
             ("init_state", bool(given), target.num_steps), target,
-            lambda t, z, key: self._init_state(z, key, t, given), z, rng_key)
+            lambda t, z, key, *xs: self._init_state(z, key, t, given, *xs), z, rng_key, *extras)
+
+    def _init_extras(self, z, rng_key, target: Target) -> tuple:
+        """Arrays computed before `_init_state` by programs shared between engines (passed to
+        it after ``given``); none by default."""
+        return ()
 
     def _compiled_program(self, name, target: Target, fn: Callable, *arrays):
         """``fn(target, *arrays)`` under ``jax.jit``, the compiled program kept with the
@@ -445,17 +452,33 @@ class ParticleEngine(EnsembleKernel, Engine):
             raise ValueError(f"{type(self).__name__} does not take precondition=")
         self.precondition = precondition
 
-    def _init_state(self, z, rng_key, target: Target, given: bool = False):
+    def _init_extras(self, z, rng_key, target: Target) -> tuple:
+        """The Laplace mode and factor (``precondition="laplace"``), by a compiled program
+        shared with every particle engine on the same model, inputs and coordinates
+        (`driver.shared_program`): SVGD, KSD descent, the coin engines and SVNG find the same
+        mode, so it is compiled once per model, not once per engine."""
+        if self._resolved_precondition(target) is None:
+            return ()
+        starts = spread_starts(z[0], jax.random.fold_in(rng_key, 11), LAPLACE_STARTS)
+        laplace = shared_program(
+            self, target, ("laplace", self._coordinates_kind(), LAPLACE_MAP_STEPS),
+            lambda t, s: best_laplace(self._particle_log_density(t), s, LAPLACE_MAP_STEPS))
+        return tuple(laplace(starts))
+
+    def _coordinates_kind(self):
+        """What `_particle_log_density` depends on besides the model (hashable): engines
+        whose coordinates agree share their Laplace program."""
+        return "unconstrained"
+
+    def _init_state(self, z, rng_key, target: Target, given: bool = False, mode=None,
+                    whiten=None):
         """With ``precondition="laplace"``: the particles move in ``u`` with ``z = mode + W u``,
         ``W W^T`` the inverse Hessian at the highest of the Laplace modes found from the init
-        point and `LAPLACE_STARTS` uniform starts (`numerics.best_laplace`); they start
-        uniform in ``(-2, 2)`` there (about +-2 posterior sds around the mode on a
+        point and `LAPLACE_STARTS` uniform starts (`numerics.best_laplace`, `_init_extras`);
+        they start uniform in ``(-2, 2)`` there (about +-2 posterior sds around the mode on a
         Gaussian-like posterior), or at the given ``init_params``."""
         if self._resolved_precondition(target) is None:
             return self._core_init(z, rng_key, target)
-        starts = spread_starts(z[0], jax.random.fold_in(rng_key, 11), LAPLACE_STARTS)
-        mode, whiten = best_laplace(self._particle_log_density(target), starts,
-                                    LAPLACE_MAP_STEPS)
         coords = Affine.of(mode, whiten)
         if given:
             u = jnp.linalg.solve(whiten, (z - mode).T).T

@@ -75,7 +75,8 @@ class Compiled(NamedTuple):
         return merge_static_args(dynamic, self.static, self.treedef)
 
 
-#: (model, input signature, init strategy) -> (bridge, jitted initial points), shared by the
+#: (model, input signature, init strategy) -> (bridge, jitted initial points, further shared
+#: programs by name: `shared_program`), shared by the
 #: engines built on the same model (the traced model and its init program do not depend on
 #: the engine: a second engine on the same inputs reuses them instead of tracing the model
 #: and compiling its init again); the most recently used `MODEL_CACHE_SIZE` are kept
@@ -97,7 +98,8 @@ def _shared_model_programs(engine, signature, stream):
         return None
     if hit is not None:
         _MODEL_PROGRAMS.move_to_end(key)
-    return hit
+        return hit[:2]
+    return None
 
 
 def _remember_model_programs(engine, signature, stream, bridge, init_jit):
@@ -105,11 +107,37 @@ def _remember_model_programs(engine, signature, stream, bridge, init_jit):
     if key is None:
         return
     try:
-        _MODEL_PROGRAMS[key] = (bridge, init_jit)
+        _MODEL_PROGRAMS[key] = (bridge, init_jit, {})   # {}: `shared_program`'s programs
     except TypeError:
         return
     while len(_MODEL_PROGRAMS) > MODEL_CACHE_SIZE:
         _MODEL_PROGRAMS.popitem(last=False)
+
+
+def shared_program(engine, target, name, fn: Callable) -> Callable:
+    """``arrays -> fn(target, *arrays)`` under ``jax.jit``, compiled once for every engine on
+    the same model, input signature and init strategy (beside the shared bridge and init
+    program; ``name``, hashable, must identify ``fn`` and everything it closes over but the
+    model and its inputs). Falls back to an unshared program where nothing is cached."""
+    dynamic, static, treedef, signature = split_static_args(target.model_args,
+                                                            target.model_kwargs)
+    bridge, num_steps, coords = target.bridge, target.num_steps, target.coords
+    key = _model_key(engine, signature, None)
+    try:
+        store = None if key is None else _MODEL_PROGRAMS.get(key)
+    except TypeError:
+        store = None
+    programs = store[2] if store is not None and store[0] is bridge else {}
+    program = programs.get(name)
+    if program is None:
+        from numpyro_gflow.engines.base import Target
+
+        def run(dyn, *xs):
+            a, kw = merge_static_args(dyn, static, treedef)
+            return fn(Target(bridge, a, kw, num_steps, coords), *xs)
+
+        program = programs[name] = jax.jit(run)
+    return lambda *arrays: program(dynamic, *arrays)
 
 
 def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:

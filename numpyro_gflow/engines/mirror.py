@@ -213,6 +213,9 @@ class _MirroredEngine(ParticleEngine):
             return eval_fn, slices
         return msvgd.preconditioned(eval_fn, slices, target.coords.shift, target.coords.scale)
 
+    def _coordinates_kind(self):
+        return ("mirror", self.fallback)
+
     def _particle_log_density(self, target: Target):
         mirror = self._mirror(target.bridge)
         return lambda eta: mirror.log_density(eta, target.model_args, target.model_kwargs)
