@@ -1,5 +1,5 @@
 """Every engine with its defaults on three posteriordb posteriors nobody tuned them for
-(kidiq in the default run, eight schools and arK with ``make test-slow``).
+(kidiq and arK in the default run, eight schools with ``make test-slow``).
 
 Short runs (100 steps): the floor of issue 17, that every engine ends finite and in the right
 region with the settings a user never changes. Bounds are loose by design (the posteriordb
@@ -41,9 +41,11 @@ LOOSER = {("kidiq-kidscore_interaction", "IsoGaussianMixtureVI"): (6.0, 1.0)}
 
 @pytest.mark.parametrize("name", [
     "kidiq-kidscore_interaction",
-    # the third posterior runs with `make test-slow`: ~70 s, over the default suite's budget
-    pytest.param("arK-arK", marks=pytest.mark.slow),
-    # eight schools: ~60-105 s, also with `make test-slow`; kidiq stays in the default run
+    # ~35 s on one core each since the engines on one model share its traced bridge, init
+    # program and Laplace program (it was ~70 s: arK waited in `make test-slow`)
+    "arK-arK",
+    # eight schools: also with `make test-slow` (the default run has its mirrored-vs-unmirrored
+    # comparison, tests/engines/test_posteriordb_engines.py)
     pytest.param("eight_schools-eight_schools_noncentered", marks=pytest.mark.slow)])
 def test_every_engine_default_ends_finite_near_the_posterior(name):
     # one test per posterior (the model and its reference are loaded once; each engine still
