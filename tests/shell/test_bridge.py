@@ -124,7 +124,7 @@ def test_factor_sites_stay_out_of_the_log_likelihood_and_loo_works():
             ok = jnp.isfinite(z)
             numpyro.sample("z", dist.Normal(2.0 * mu, 1.0).mask(ok), obs=jnp.where(ok, z, 0.0))
 
-    res = gf.SVGD(model, num_particles=50).run(jax.random.key(0), 200, x, y, z,
+    res = gf.SVGD(model, num_particles=30).run(jax.random.key(0), 100, x, y, z,
                                                 progress_bar=False)
     assert res.bridge.factor_sites == ("soft",)
     assert set(res.log_likelihood()) == {"lik", "z"}
@@ -144,6 +144,6 @@ def test_factor_sites_stay_out_of_the_log_likelihood_and_loo_works():
         with numpyro.plate("data", 20):
             numpyro.sample("lik", dist.Normal(a + 0.5 * x, 0.5), obs=y)
 
-    dt1 = gf.SVGD(model1, num_particles=50).run(jax.random.key(0), 200, x, y,
+    dt1 = gf.SVGD(model1, num_particles=30).run(jax.random.key(0), 100, x, y,
                                                progress_bar=False).to_arviz()
     assert np.isfinite(az.loo(dt1).elpd)
