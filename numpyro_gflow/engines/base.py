@@ -460,10 +460,15 @@ class ParticleEngine(EnsembleKernel, Engine):
         if self._resolved_precondition(target) is None:
             return ()
         starts = spread_starts(z[0], jax.random.fold_in(rng_key, 11), LAPLACE_STARTS)
-        laplace = shared_program(
-            self, target, ("laplace", self._coordinates_kind(), LAPLACE_MAP_STEPS),
-            lambda t, s: best_laplace(self._particle_log_density(t), s, LAPLACE_MAP_STEPS))
-        return tuple(laplace(starts))
+        name = ("laplace", self._coordinates_kind(), LAPLACE_MAP_STEPS)
+
+        def laplace(t, s):
+            return best_laplace(self._particle_log_density(t), s, LAPLACE_MAP_STEPS)
+
+        shared = shared_program(self, target, name, laplace)
+        if shared is None:    # kept with this engine's programs instead
+            return tuple(self._compiled_program(name, target, laplace, starts))
+        return tuple(shared(starts))
 
     def _coordinates_kind(self):
         """What `_particle_log_density` depends on besides the model (hashable): engines

@@ -114,11 +114,12 @@ def _remember_model_programs(engine, signature, stream, bridge, init_jit):
         _MODEL_PROGRAMS.popitem(last=False)
 
 
-def shared_program(engine, target, name, fn: Callable) -> Callable:
+def shared_program(engine, target, name, fn: Callable) -> Callable | None:
     """``arrays -> fn(target, *arrays)`` under ``jax.jit``, compiled once for every engine on
     the same model, input signature and init strategy (beside the shared bridge and init
     program; ``name``, hashable, must identify ``fn`` and everything it closes over but the
-    model and its inputs). Falls back to an unshared program where nothing is cached."""
+    model and its inputs). None where the target's bridge is not the shared one (streamed
+    data, unhashable inputs, an evicted entry): use the engine's own cache then."""
     dynamic, static, treedef, signature = split_static_args(target.model_args,
                                                             target.model_kwargs)
     bridge, num_steps, coords = target.bridge, target.num_steps, target.coords
@@ -127,7 +128,9 @@ def shared_program(engine, target, name, fn: Callable) -> Callable:
         store = None if key is None else _MODEL_PROGRAMS.get(key)
     except TypeError:
         store = None
-    programs = store[2] if store is not None and store[0] is bridge else {}
+    if store is None or store[0] is not bridge:
+        return None
+    programs = store[2]
     program = programs.get(name)
     if program is None:
         from numpyro_gflow.engines.base import Target
