@@ -32,12 +32,12 @@ from numpyro.infer.initialization import init_to_uniform
 from numpyro.util import is_prng_key
 
 from numpyro_gflow._validate import check_flag, positive_int
-from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_args
+from numpyro_gflow.bridge import ModelBridge, split_static_args
 from numpyro_gflow.core.numerics import Affine, best_laplace, spread_starts
 from numpyro_gflow.core.optim import coin_restarts
 from numpyro_gflow.engines import placement
-from numpyro_gflow.engines.driver import (NonFiniteError, compile_engine, run_chunks,
-                                          shared_program)
+from numpyro_gflow.engines.driver import (NonFiniteError, compile_engine, jit_on_target,
+                                          run_chunks, shared_program)
 from numpyro_gflow.engines.mcmc import EnsembleKernel
 from numpyro_gflow.result import InferenceResult, with_stats
 
@@ -204,13 +204,7 @@ class Engine(abc.ABC):
                  else {})
         program = store.get(name)
         if program is None:
-            bridge, num_steps, coords = target.bridge, target.num_steps, target.coords
-
-            def program(dyn, *xs):
-                a, kw = merge_static_args(dyn, static, treedef)
-                return fn(Target(bridge, a, kw, num_steps, coords), *xs)
-
-            program = store[name] = jax.jit(program)
+            program = store[name] = jit_on_target(target, fn, static, treedef)
         return program(dynamic, *arrays)
 
     def _fallback_result(self, state, info, target: Target) -> InferenceResult:

@@ -90,7 +90,9 @@ def _model_key(engine, signature, stream):
     return (engine.model, signature, engine.init_strategy)
 
 
-def _shared_model_programs(engine, signature, stream):
+def _model_entry(engine, signature, stream=None):
+    """The shared entry ``(bridge, init program, programs)`` of this engine's model and inputs
+    (moved to the most recent), or None."""
     key = _model_key(engine, signature, stream)
     try:
         hit = None if key is None else _MODEL_PROGRAMS.get(key)
@@ -98,8 +100,7 @@ def _shared_model_programs(engine, signature, stream):
         return None
     if hit is not None:
         _MODEL_PROGRAMS.move_to_end(key)
-        return hit[:2]
-    return None
+    return hit
 
 
 def _remember_model_programs(engine, signature, stream, bridge, init_jit):
@@ -114,6 +115,20 @@ def _remember_model_programs(engine, signature, stream, bridge, init_jit):
         _MODEL_PROGRAMS.popitem(last=False)
 
 
+def jit_on_target(target, fn: Callable, static, treedef) -> Callable:
+    """``(dynamic, *arrays) -> fn(target, *arrays)`` under ``jax.jit``: the target rebuilt
+    from its traced array inputs (``dynamic``) and its static ones."""
+    from numpyro_gflow.engines.base import Target
+
+    bridge, num_steps, coords = target.bridge, target.num_steps, target.coords
+
+    def program(dyn, *xs):
+        a, kw = merge_static_args(dyn, static, treedef)
+        return fn(Target(bridge, a, kw, num_steps, coords), *xs)
+
+    return jax.jit(program)
+
+
 def shared_program(engine, target, name, fn: Callable) -> Callable | None:
     """``arrays -> fn(target, *arrays)`` under ``jax.jit``, compiled once for every engine on
     the same model, input signature and init strategy (beside the shared bridge and init
@@ -122,25 +137,13 @@ def shared_program(engine, target, name, fn: Callable) -> Callable | None:
     data, unhashable inputs, an evicted entry): use the engine's own cache then."""
     dynamic, static, treedef, signature = split_static_args(target.model_args,
                                                             target.model_kwargs)
-    bridge, num_steps, coords = target.bridge, target.num_steps, target.coords
-    key = _model_key(engine, signature, None)
-    try:
-        store = None if key is None else _MODEL_PROGRAMS.get(key)
-    except TypeError:
-        store = None
-    if store is None or store[0] is not bridge:
+    entry = _model_entry(engine, signature)
+    if entry is None or entry[0] is not target.bridge:
         return None
-    programs = store[2]
-    program = programs.get(name)
-    if program is None:
-        from numpyro_gflow.engines.base import Target
-
-        def run(dyn, *xs):
-            a, kw = merge_static_args(dyn, static, treedef)
-            return fn(Target(bridge, a, kw, num_steps, coords), *xs)
-
-        program = programs[name] = jax.jit(run)
-    return lambda *arrays: program(dynamic, *arrays)
+    programs = entry[2]
+    if name not in programs:
+        programs[name] = jit_on_target(target, fn, static, treedef)
+    return lambda *arrays: programs[name](dynamic, *arrays)
 
 
 def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
@@ -158,9 +161,9 @@ def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
         signature, cached = None, None
     if cached is not None:
         return cached, dynamic
-    shared = _shared_model_programs(engine, signature, stream)
+    shared = _model_entry(engine, signature, stream)
     if shared is not None:
-        bridge, init_jit = shared
+        bridge, init_jit, _ = shared
     else:
         bridge = ModelBridge.from_model(engine.model, *args, **kwargs)
         if stream is not None:
