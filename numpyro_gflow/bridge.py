@@ -146,28 +146,105 @@ def _is_factor(site) -> bool:
     return isinstance(site["fn"], Unit)
 
 
-def _check_observed_shape(name, site) -> None:
+def _check_observed_shape(name, fn_name, shape, event_dim, batch_shape) -> None:
     """An observed value whose distribution has a larger batch shape is broadcast, and every
     observation counted several times (an input with an extra axis, ``x[:, None]``); one whose
     shape does not broadcast with it cannot be scored. Both are errors naming the site."""
-    fn, value = site["fn"], site["value"]
-    shape = tuple(jnp.shape(value))
-    event_dim = len(fn.event_shape)
     batch = shape[: max(len(shape) - event_dim, 0)]
     try:
-        joint = tuple(jnp.broadcast_shapes(batch, tuple(fn.batch_shape)))
+        joint = tuple(jnp.broadcast_shapes(batch, batch_shape))
     except ValueError:
         raise ValueError(
             f"observed site {name!r}: the observed value has shape {shape} but its distribution "
-            f"{type(fn).__name__} has batch shape {tuple(fn.batch_shape)}; they do not "
+            f"{fn_name} has batch shape {batch_shape}; they do not "
             "broadcast. Check that the data and the inputs the distribution's parameters are "
             "computed from have the same number of rows.") from None
     if batch and math.prod(joint) != math.prod(batch):   # leading 1s add no copies
         raise ValueError(
-            f"observed site {name!r}: its distribution {type(fn).__name__} has batch shape "
-            f"{tuple(fn.batch_shape)} but the observed value has shape {shape}, so the "
+            f"observed site {name!r}: its distribution {fn_name} has batch shape "
+            f"{batch_shape} but the observed value has shape {shape}, so the "
             f"likelihood would broadcast to {joint} and count each observation several times. "
             "Usually an input has an extra axis (e.g. x of shape (N, 1) where (N,) was meant).")
+
+
+class _Site(NamedTuple):
+    """What `ModelBridge.from_model` needs of one site of the model's trace: Python values and
+    shapes only (no arrays), so it can be read off an abstract trace."""
+
+    name: str
+    type: str                      # "sample", "deterministic", "plate", ...
+    observed: bool = False
+    factor: bool = False
+    fn_name: str = ""
+    discrete: bool = False
+    support: object = None         # latent sites: the NumPyro constraint
+    value_shape: tuple = ()
+    event_dim: int = 0
+    batch_shape: tuple = ()
+    unconstrained_shape: tuple = ()
+    plate: tuple | None = None     # plates: (size, subsample_size)
+
+
+def _read_sites(tr) -> list[_Site]:
+    from numpyro.distributions import biject_to
+
+    out = []
+    for name, site in tr.items():
+        if site["type"] == "sample":
+            fn = site["fn"]
+            if site["is_observed"]:
+                out.append(_Site(name, "sample", True, _is_factor(site), type(fn).__name__,
+                                 value_shape=tuple(jnp.shape(site["value"])),
+                                 event_dim=len(fn.event_shape),
+                                 batch_shape=tuple(fn.batch_shape)))
+            elif fn.support.is_discrete:
+                out.append(_Site(name, "sample", fn_name=type(fn).__name__, discrete=True))
+            else:
+                shape = jnp.shape(biject_to(fn.support).inv(site["value"]))
+                out.append(_Site(name, "sample", fn_name=type(fn).__name__, support=fn.support,
+                                 unconstrained_shape=tuple(shape)))
+        elif site["type"] == "plate":
+            size, subsample_size = site["args"]
+            out.append(_Site(name, "plate", plate=(size, subsample_size)))
+        else:
+            out.append(_Site(name, site["type"]))
+    return out
+
+
+def _holds_tracer(obj, depth=0) -> bool:
+    """Whether a constraint (or one it wraps) holds a traced array (a bound computed in the
+    model, e.g. ``Uniform(0, jnp.max(y))``)."""
+    if isinstance(obj, jax.core.Tracer):
+        return True
+    if depth > 4 or not hasattr(obj, "__dict__"):
+        return False
+    for v in vars(obj).values():
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(v)):
+            return True
+        if hasattr(v, "__dict__") and _holds_tracer(v, depth + 1):
+            return True
+    return False
+
+
+def _abstract_sites(model, rng_key, args, kwargs) -> list[_Site] | None:
+    """The model's sites read off an abstract trace (``jax.make_jaxpr``: no operation runs, so
+    nothing compiles; run op by op, a model's trace costs one XLA compilation per operation),
+    or None where that cannot stand for a concrete run: the model needs concrete values, or a
+    latent site's support depends on computed arrays (its bounds would be traced values)."""
+    found: list = []
+
+    def read():
+        found.append(_read_sites(_trace_model(model, rng_key, args, kwargs)))
+        return jnp.zeros(())
+
+    try:
+        jax.make_jaxpr(read)()
+    except Exception:   # noqa: BLE001 - the concrete trace runs next and reports
+        return None
+    sites = found[0]
+    if any(s.support is not None and _holds_tracer(s.support) for s in sites):
+        return None
+    return sites
 
 
 class ModelBridge:
@@ -189,52 +266,66 @@ class ModelBridge:
         #: site name -> NumPyro constraint of its support (what mirror maps key on)
         self.supports = {} if supports is None else supports
         self.prototype = prototype
-        flat, self._unravel = ravel_pytree(prototype)
-        self.dim = int(flat.shape[0])
-        self.site_names = tuple(self._unravel(flat).keys())  # the raveling order (sorted by name)
+        found = []
+
+        def ravel():   # traced, not run: no XLA computation for the layout
+            flat, unravel = ravel_pytree(prototype)
+            found.append((flat.shape[0], unravel, tuple(unravel(flat).keys())))
+            return flat
+
+        jax.make_jaxpr(ravel)()
+        dim, self._unravel, names = found[0]
+        self.dim = int(dim)
+        self.site_names = names   # the raveling order (sorted by name)
         self.subsample_plates = plates
         self.observed_sites = observed_sites
         self.deterministic_sites = deterministic_sites
         #: ``numpyro.factor`` sites: log-density terms, not observations
         self.factor_sites = factor_sites
+        #: `program`'s compiled functions: (name, input signature) -> jitted
+        self._programs: dict = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_model(cls, model, *args, rng_key=None, **kwargs) -> "ModelBridge":
         """Trace ``model(*args, **kwargs)`` once; raise a clear error for unsupported models."""
         rng_key = jax.random.key(0) if rng_key is None else rng_key
-        try:
-            tr = _trace_model(model, rng_key, args, kwargs)
-        except Exception as e:  # the model itself failed: say so with the model's own error
-            before = _sites_before_failure(model, rng_key, args, kwargs)
-            where = (f" after site {before[-1]!r} (sites traced before the failure: {before})"
-                     if before else " before its first site")
-            raise ValueError(
-                f"running the model to trace its sites failed{where}: {e!r}. Check the model's "
-                "arguments (number, shapes) and its distributions' parameters."
-            ) from e
+        sites = _abstract_sites(model, rng_key, args, kwargs)
+        if sites is None:
+            try:
+                sites = _read_sites(_trace_model(model, rng_key, args, kwargs))
+            except Exception as e:  # the model itself failed: say so with the model's own error
+                before = _sites_before_failure(model, rng_key, args, kwargs)
+                where = (f" after site {before[-1]!r} (sites traced before the failure: {before})"
+                         if before else " before its first site")
+                raise ValueError(
+                    f"running the model to trace its sites failed{where}: {e!r}. Check the "
+                    "model's arguments (number, shapes) and its distributions' parameters."
+                ) from e
         latent, observed, deterministic, plates, plate_sizes, factors = {}, [], [], [], {}, []
-        for name, site in tr.items():
-            if site["type"] == "sample":
-                if site["is_observed"]:
-                    if _is_factor(site):   # numpyro.factor: a log-density term, no data
+        for site in sites:
+            name = site.name
+            if site.type == "sample":
+                if site.observed:
+                    if site.factor:   # numpyro.factor: a log-density term, no data
                         factors.append(name)
                     else:
-                        _check_observed_shape(name, site)
+                        _check_observed_shape(name, site.fn_name, site.value_shape,
+                                              site.event_dim, site.batch_shape)
                         observed.append(name)
                     continue
-                if site["fn"].support.is_discrete:
+                if site.discrete:
                     raise ValueError(
-                        f"latent site {name!r} is discrete ({type(site['fn']).__name__}); "
+                        f"latent site {name!r} is discrete ({site.fn_name}); "
                         "numpyro-gflow engines move continuous particles and do not support "
                         "discrete latent sites, enumerated (infer={'enumerate': 'parallel'}) or "
                         "not. Marginalise the site out by hand or make it continuous."
                     )
                 latent[name] = site
-            elif site["type"] == "deterministic":
+            elif site.type == "deterministic":
                 deterministic.append(name)
-            elif site["type"] == "plate":
-                size, subsample_size = site["args"]
+            elif site.type == "plate":
+                size, subsample_size = site.plate
                 plate_sizes[name] = int(size)
                 if subsample_size is not None and subsample_size < size:
                     plates.append(SubsamplePlate(name, int(size), int(subsample_size)))
@@ -243,15 +334,11 @@ class ModelBridge:
                 "the model has no latent sample sites: there is nothing to infer "
                 "(every numpyro.sample site is observed)."
             )
-        from numpyro.distributions import biject_to
-
-        prototype = {}
-        for name, site in latent.items():
-            transform = biject_to(site["fn"].support)
-            prototype[name] = jnp.zeros(
-                jnp.shape(transform.inv(site["value"])), dtype=jnp.result_type(float)
-            )
-        supports = {name: site["fn"].support for name, site in latent.items()}
+        dtype = jnp.result_type(float)
+        # NumPy zeros: no XLA computation for the prototype (ravel_pytree works on either)
+        prototype = {name: np.zeros(site.unconstrained_shape, dtype)
+                     for name, site in latent.items()}
+        supports = {name: site.support for name, site in latent.items()}
         return cls(model, prototype, tuple(plates), tuple(observed), tuple(deterministic), supports,
                    plate_sizes, tuple(factors))
 
@@ -357,7 +444,46 @@ class ModelBridge:
                 f"subsample_size={batch_size}); subsampled plates found: {found}")
         new = copy.copy(self)
         new.subsample_plates = plates
+        new._programs = {}   # its densities differ: compiled programs are not shared
         return new
+
+    # ------------------------------------------------------------------ compiled programs
+    def program(self, name, fn: Callable, args=(), kwargs=None) -> Callable:
+        """``(*arrays) -> fn(self, args, kwargs, *arrays)`` under ``jax.jit``, compiled once per
+        ``name`` and input signature and kept on the bridge: every result, check and engine on
+        this model and same-shaped inputs reuses it (instead of running ``fn`` op by op, one
+        XLA compilation per operation, at every call). The model's array inputs are traced,
+        the rest static; ``name`` (hashable) must identify ``fn`` and every Python value it
+        closes over. With unhashable static inputs ``fn`` runs uncompiled."""
+        kwargs = {} if kwargs is None else kwargs
+        dynamic, static, treedef, signature = split_static_args(args, kwargs)
+        key = (name, signature)
+        try:
+            compiled = self._programs.get(key)
+        except TypeError:   # an unhashable static input
+            return lambda *arrays: fn(self, args, kwargs, *arrays)
+        if compiled is None:
+            def run(dyn, *arrays):
+                a, kw = merge_static_args(dyn, static, treedef)
+                return fn(self, a, kw, *arrays)
+
+            compiled = self._programs[key] = jax.jit(run)
+        return lambda *arrays: compiled(dynamic, *arrays)
+
+    def batch_value_and_grad_jit(self, z, args=(), kwargs=None):
+        """`log_density` (full data) and its gradient at each row of ``z`` (n, d), compiled
+        (`program`): one program for the results' and checks' densities and scores."""
+        return self.program("batch_value_and_grad", _batch_value_and_grad, args, kwargs)(z)
+
+    def batch_log_density_jit(self, z, args=(), kwargs=None):
+        return self.batch_value_and_grad_jit(z, args, kwargs)[0]
+
+    def batch_score_jit(self, z, args=(), kwargs=None):
+        return self.batch_value_and_grad_jit(z, args, kwargs)[1]
+
+    def constrain_batch_jit(self, z, args=(), kwargs=None):
+        """`constrain_batch`, compiled (`program`)."""
+        return self.program("constrain_batch", _constrain_batch, args, kwargs)(z)
 
     # ------------------------------------------------------------------ densities
     def log_density(self, z, args=(), kwargs=None, rng_key=None):
@@ -516,3 +642,11 @@ class ModelBridge:
             "could be blamed; check the model."
         )
 
+
+
+def _batch_value_and_grad(bridge, args, kwargs, z):
+    return bridge.batch_value_and_grad(z, args, kwargs)
+
+
+def _constrain_batch(bridge, args, kwargs, z):
+    return bridge.constrain_batch(z, args, kwargs)

@@ -314,12 +314,8 @@ def _mode_check(out, result, rng_key, z, point_lp):
         out["skipped"]["modes"] = f"{n} points: too few to tell what they cover"
         return
 
-    def log_p(x):
-        return result.bridge.log_density(x, args, kwargs)
-
-    starts = jax.random.uniform(jax.random.fold_in(rng_key, 3), (MODE_STARTS, d), z.dtype,
-                                -2.0, 2.0)
-    r_modes, mode_lp, r_points = _mode_distances(log_p, starts, z)
+    r_modes, mode_lp, r_points = result.bridge.program(
+        ("mode_distances", MODE_STEPS, MODE_STARTS), _mode_distances, args, kwargs)(rng_key, z)
     mode_lp, r_modes = np.asarray(mode_lp), np.asarray(r_modes)
     ok = np.isfinite(mode_lp) & np.isfinite(r_modes)
     if not ok.any():
@@ -380,8 +376,8 @@ def _spread_check(out, result, z=None):
     if n < TAILS_MIN_POINTS:
         out["skipped"]["spread"] = f"{n} points: too few to compare their spread"
         return
-    score = result.bridge.batch_score(z, result.model_args, result.model_kwargs)
-    if not bool(jnp.all(jnp.isfinite(score))):
+    score = result.bridge.batch_score_jit(z, result.model_args, result.model_kwargs)
+    if not np.all(np.isfinite(np.asarray(score))):
         out["skipped"]["spread"] = "the model's score is not finite at some points"
         return
     r, zscore = spread_ratios(np.asarray(z, np.float64), np.asarray(score, np.float64))
@@ -392,7 +388,8 @@ def _spread_check(out, result, z=None):
     bad = (off > math.log(SPREAD_MAX)) & (zscore > SPREAD_Z)
     worst = int(np.argmax(np.where(bad, zscore, -np.inf))) if bad.any() else int(
         np.argmax(np.where(np.isfinite(off), off, -1.0)))
-    names = flatten_samples(result.bridge.unflatten_batch(z[:1]), result.bridge.site_names)[1]
+    one = {k: np.zeros((1,) + np.shape(v)) for k, v in result.bridge.prototype.items()}
+    names = flatten_samples(one, result.bridge.site_names)[1]
     where = f"{names[worst]} (unconstrained)"
     ratio = float(r[worst])
     how = ("wider" if ratio > 1 else "narrower") if ratio > 0 else "off"
@@ -431,19 +428,23 @@ def _tail_influence(x):
                              posinf=np.inf)
 
 
-def _mode_distances(log_p, starts, z):
-    @jax.jit
-    def run(starts, z):
-        modes = climb(log_p, starts, MODE_STEPS)
-        mean, L = _moments(z)
+def _mode_distances(bridge, args, kwargs, rng_key, z):
+    """(`ModelBridge.program`) Climbs from `MODE_STARTS` uniform starts in (-2, 2)^d: the
+    Mahalanobis distances of where they end and of the points ``z`` from the points' mean, and
+    the log density where they end."""
+    def log_p(x):
+        return bridge.log_density(x, args, kwargs)
 
-        def dist(x):
-            return jnp.linalg.norm(jax.scipy.linalg.solve_triangular(L, (x - mean).T,
-                                                                      lower=True), axis=0)
+    starts = jax.random.uniform(jax.random.fold_in(rng_key, 3), (MODE_STARTS, z.shape[1]),
+                                z.dtype, -2.0, 2.0)
+    modes = climb(log_p, starts, MODE_STEPS)
+    mean, L = _moments(z)
 
-        return dist(modes), jax.vmap(log_p)(modes), dist(z)
+    def dist(x):
+        return jnp.linalg.norm(jax.scipy.linalg.solve_triangular(L, (x - mean).T,
+                                                                  lower=True), axis=0)
 
-    return run(starts, z)
+    return dist(modes), jax.vmap(log_p)(modes), dist(z)
 
 
 def _particle_checks(out, result, rng_key, z):
@@ -454,8 +455,8 @@ def _particle_checks(out, result, rng_key, z):
         return
     if n > KSD_MAX_PARTICLES:
         z = z[np.linspace(0, n - 1, KSD_MAX_PARTICLES).astype(int)]
-    score = result.bridge.batch_score(z, result.model_args, result.model_kwargs)
-    if not bool(jnp.all(jnp.isfinite(score))):
+    score = result.bridge.batch_score_jit(z, result.model_args, result.model_kwargs)
+    if not np.all(np.isfinite(np.asarray(score))):
         _check(out, "ksd_test", 0.0, False,
                f"{engine}: the model's score is not finite at some particles")
         return

@@ -12,7 +12,6 @@ import itertools
 import threading
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from tqdm.auto import tqdm
@@ -72,12 +71,12 @@ class ProgressBar:
         self.num_steps, self.description, self.enabled = num_steps, description, enabled
         self.id = 0
 
-    def __enter__(self) -> jax.Array:
+    def __enter__(self) -> np.int32:
         if self.enabled:
             self.id = next(_IDS)
             _BARS[self.id] = tqdm(total=self.num_steps, desc=f"Compiling.. {self.description}")
             _NAMES[self.id] = self.description
-        return jnp.asarray(self.id, jnp.int32)
+        return np.int32(self.id)   # NumPy: no XLA program to make it
 
     def finish(self, steps_done: int | None = None):
         """Show the bar at ``steps_done`` (default: all steps; less for a stopped run)."""

@@ -154,7 +154,7 @@ class InferenceResult:
         return int(self.unconstrained.shape[0])
 
     def _constrain(self, z):
-        return self.bridge.constrain_batch(z, self.model_args, self.model_kwargs)
+        return self.bridge.constrain_batch_jit(z, self.model_args, self.model_kwargs)
 
     def get_samples(self, num_samples: int | None = None, rng_key=None,
                     group_by_chain: bool = False, importance: str | None = None) -> dict:
@@ -215,7 +215,8 @@ class InferenceResult:
         if self._log_ratios is not None:
             return self._log_ratios(rng_key, num_samples)
         z = self._sampler(rng_key, num_samples)
-        return z, self._batch_log_density(z) - self._log_q(z)
+        # on the host: an eager subtraction would compile a program of its own
+        return z, np.asarray(self._batch_log_density(z)) - np.asarray(self._log_q(z))
 
     def psis(self, num_samples: int, rng_key) -> dict:
         """Pareto-smoothed importance sampling of ``num_samples`` fresh draws against the
@@ -254,8 +255,7 @@ class InferenceResult:
 
     def _batch_log_density(self, z) -> jax.Array:
         """The model's log density (unconstrained, full data) at each row of ``z`` (n, d)."""
-        args, kwargs = self.model_args, self.model_kwargs
-        return jax.vmap(lambda x: self.bridge.log_density(x, args, kwargs))(z)
+        return self.bridge.batch_log_density_jit(z, self.model_args, self.model_kwargs)
 
     def log_q(self, z, *args, **kwargs) -> jax.Array:
         """Log density of the fitted approximation at flat unconstrained points ``z`` (n, d)

@@ -311,3 +311,24 @@ SMALL_ENGINES = {
     "MixFlow": lambda: (gf.MixFlow(gaussian2, flow_length=5, num_leapfrog=2, step_size=0.1,
                                    num_draws=4), gaussian2),
 }
+
+
+_COMPILES: list = []
+
+
+def _count_compile(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES.append(duration)
+
+
+def backend_compiles() -> list:
+    """The process's XLA backend compilations since the first call (``jax.monitoring``; one
+    listener per process): take ``len()`` before and after what you measure."""
+    global _REGISTERED
+    if not _REGISTERED:
+        jax.monitoring.register_event_duration_secs_listener(_count_compile)
+        _REGISTERED = True
+    return _COMPILES
+
+
+_REGISTERED = False

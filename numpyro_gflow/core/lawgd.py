@@ -87,12 +87,22 @@ def _laplacian_1d(n: int, dx: float):
     return sparse.diags([off, main, off], [-1, 0, 1], format="csr")
 
 
+def grid_values(log_density, pts):
+    """``(log p, score, div score)`` at each row of ``pts`` (m, d): what `build_basis` needs of
+    the density (jit-able; pass it compiled as ``build_basis(..., evaluate=)``)."""
+    score = jax.grad(log_density)
+    div_score = lambda x: jnp.trace(jax.jacfwd(score)(x))  # noqa: E731
+    return jax.vmap(log_density)(pts), jax.vmap(score)(pts), jax.vmap(div_score)(pts)
+
+
 def build_basis(log_density, low, high, grid_size: int,
-                num_eigen: int) -> tuple[LAWGDBasis, np.ndarray]:
+                num_eigen: int, evaluate=None) -> tuple[LAWGDBasis, np.ndarray]:
     """Eigenfunctions of the Langevin generator of ``exp(log_density)`` on a grid over a box.
 
-    ``log_density`` maps (d,) to a scalar (unnormalised). Returns the basis and the
-    eigenvalues (including ``lambda_0``, for inspection). Host computation (SciPy), float64.
+    ``log_density`` maps (d,) to a scalar (unnormalised); ``evaluate`` (optional) maps grid
+    points (m, d) to `grid_values` of it, e.g. compiled (default: `grid_values` op by op).
+    Returns the basis and the eigenvalues (including ``lambda_0``, for inspection). Host
+    computation (SciPy), float64.
     """
     from scipy import sparse
     from scipy.sparse.linalg import eigsh
@@ -103,12 +113,10 @@ def build_basis(log_density, low, high, grid_size: int,
     spacing = (high - low) / (grid_size - 1)
     mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, d)
 
-    score = jax.grad(log_density)
-    div_score = lambda x: jnp.trace(jax.jacfwd(score)(x))  # noqa: E731
-    pts = jnp.asarray(mesh, jnp.result_type(float))
-    logp = np.asarray(jax.vmap(log_density)(pts), np.float64)
-    s = np.asarray(jax.vmap(score)(pts), np.float64)
-    div = np.asarray(jax.vmap(div_score)(pts), np.float64)
+    pts = np.asarray(mesh, jnp.result_type(float))
+    if evaluate is None:
+        evaluate = lambda x: grid_values(log_density, x)  # noqa: E731
+    logp, s, div = (np.asarray(v, np.float64) for v in evaluate(pts))
     # V = -log p: |grad V|^2 / 4 - Laplacian V / 2 = |s|^2 / 4 + div(s) / 2
     v_s = np.sum(s**2, -1) / 4.0 + div / 2.0
     if not (np.all(np.isfinite(v_s)) and np.all(np.isfinite(logp))):
@@ -150,9 +158,10 @@ def build_basis(log_density, low, high, grid_size: int,
     grads = np.stack(np.gradient(phi_grid, *spacing, axis=tuple(range(1, d + 1))), -1) \
         if d > 1 else np.gradient(phi_grid, spacing[0], axis=1)[..., None]
     dtype = jnp.result_type(float)
-    basis = LAWGDBasis(jnp.asarray(low, dtype), jnp.asarray(spacing, dtype),
-                       jnp.asarray(phi_grid, dtype), jnp.asarray(grads, dtype),
-                       jnp.asarray(1.0 / lam, dtype), jnp.asarray(eigenvalues, dtype))
+    # host (NumPy) arrays: a cast or a transfer on the device compiles a program per array;
+    # the engine's compiled init takes them as they are
+    basis = LAWGDBasis(*(np.asarray(a, dtype) for a in (
+        low, spacing, phi_grid, grads, 1.0 / lam, eigenvalues)))
     return basis, eigenvalues
 
 

@@ -23,11 +23,13 @@ density; the result has a guide, fresh draws, ``log_q`` and an ELBO; not an MCMC
 from __future__ import annotations
 
 import abc
+import functools
 import warnings
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.util import is_prng_key
 
@@ -100,7 +102,7 @@ class PreconditionedState(NamedTuple):
 
     @property
     def particles(self):
-        return self.coords.to_z(self.core.particles)
+        return _to_z(self.coords, self.core.particles)
 
 
 class Engine(abc.ABC):
@@ -236,7 +238,7 @@ class Engine(abc.ABC):
                                  f"({keys.shape[0]})")
             return z
         z, ok = compiled.init(keys, dynamic)
-        if not bool(jnp.all(ok)):
+        if not np.all(np.asarray(ok)):
             args, kwargs = compiled.model_inputs(dynamic)
             bridge.check_finite(z[int(jnp.argmin(ok))], args, kwargs)
         return z
@@ -244,16 +246,16 @@ class Engine(abc.ABC):
     @staticmethod
     def _state_key(keys):
         # the engine's own randomness (mini-batches), independent of the particles' init draws
-        return jax.random.fold_in(keys[0], 0x6F1)
+        return _state_key(keys)
 
     def init_state(self, rng_key, *args, init_params=None, num_steps: int | None = None, **kwargs):
         """The state a ``run(rng_key, num_steps, *args, **kwargs)`` starts from (to inspect it,
         or to drive the core's ``step`` yourself)."""
         compiled, dynamic = compile_engine(self, args, kwargs)
-        keys = jax.random.split(rng_key, self.num_points)
+        keys, state_key = _run_keys(rng_key, self.num_points)
         z = self._from_unconstrained(self._initial_points(compiled, dynamic, keys, init_params),
                                      compiled.bridge)
-        return self._start(z, self._state_key(keys),
+        return self._start(z, state_key,
                            Target(compiled.bridge, args, kwargs, num_steps),
                            given=init_params is not None)
 
@@ -334,10 +336,10 @@ class Engine(abc.ABC):
         if mesh is not None:
             dynamic = placement.shard_rows(dynamic, compiled.bridge.plate_sizes.values(), mesh)
         if init_state is None:
-            keys = jax.random.split(rng_key, self.num_points)
+            keys, state_key = _run_keys(rng_key, self.num_points)
             z = self._initial_points(compiled, dynamic, keys, init_params)
             z = self._from_unconstrained(z, compiled.bridge)
-            init_state = self._start(z, self._state_key(keys),
+            init_state = self._start(z, state_key,
                                      Target(compiled.bridge, args, kwargs, num_steps),
                                      given=init_params is not None)
         init_state = (placement.place_points(init_state, self.num_points, devices) if mesh is None
@@ -358,7 +360,8 @@ class Engine(abc.ABC):
                 raise
             result = self._fallback_result(state, info, target)
         result.num_steps = steps_kept
-        if self._shrink_step(init_state, 1.0) is not None:
+        # (abstractly: the multiplication would compile a program of its own)
+        if jax.eval_shape(lambda s: self._shrink_step(s, 1.0), init_state) is not None:
             # steps that turned non-finite and were retried with the step halved (driver)
             result.stats = with_stats(result.stats, backtracks=backtracks)
         coins = coin_restarts(state)
@@ -389,7 +392,7 @@ class Engine(abc.ABC):
             result.status = f"interrupted after step {done} of {num_steps}"
         result.streamed = stream is not None
         if diagnose:
-            report = result.diagnose(jax.random.fold_in(rng_key, 0xD1A6))
+            report = result.diagnose(fold_key(rng_key, 0xD1A6))
             if not report["ok"]:
                 from numpyro_gflow.diagnose import UnreliableResultWarning
 
@@ -453,16 +456,16 @@ class ParticleEngine(EnsembleKernel, Engine):
         mode, so it is compiled once per model, not once per engine."""
         if self._resolved_precondition(target) is None:
             return ()
-        starts = spread_starts(z[0], jax.random.fold_in(rng_key, 11), LAPLACE_STARTS)
-        name = ("laplace", self._coordinates_kind(), LAPLACE_MAP_STEPS)
+        name = ("laplace", self._coordinates_kind(), LAPLACE_MAP_STEPS, LAPLACE_STARTS)
 
-        def laplace(t, s):
-            return best_laplace(self._particle_log_density(t), s, LAPLACE_MAP_STEPS)
+        def laplace(t, z, key):
+            starts = spread_starts(z[0], jax.random.fold_in(key, 11), LAPLACE_STARTS)
+            return best_laplace(self._particle_log_density(t), starts, LAPLACE_MAP_STEPS)
 
         shared = shared_program(self, target, name, laplace)
         if shared is None:    # kept with this engine's programs instead
-            return tuple(self._compiled_program(name, target, laplace, starts))
-        return tuple(shared(starts))
+            return tuple(self._compiled_program(name, target, laplace, z, rng_key))
+        return tuple(shared(z, rng_key))
 
     def _coordinates_kind(self):
         """What `_particle_log_density` depends on besides the model (hashable): engines
@@ -519,9 +522,13 @@ class ParticleEngine(EnsembleKernel, Engine):
         """The particles, in NumPyro's unconstrained space, are the result."""
         return InferenceResult(
             type(self).__name__, target.bridge, target.model_args, target.model_kwargs,
-            self._to_unconstrained(state.particles, target.bridge),
+            self._result_points(state, target.bridge),
             info._asdict(), state=state, objective=self.objective,
         )
+
+    def _result_points(self, state, bridge):
+        """The particles of ``state`` in NumPyro's unconstrained space (n, d)."""
+        return self._to_unconstrained(state.particles, bridge)
 
     def _fallback_result(self, state, info, target):
         return ParticleEngine._result(self, state, info, target, None)
@@ -547,16 +554,54 @@ class DensityEngine(Engine):
             f"{type(self).__name__}(model).run(rng_key, num_steps, *args) and draw with "
             "result.get_samples(num_samples, rng_key)")
 
-    def _density_result(self, state, info, target: Target, rng_key, *, sample: Callable,
-                        log_q: Callable, latent: Callable, params: dict) -> InferenceResult:
-        """The result of a fitted density: ``sample(key, n) -> (n, d)`` unconstrained draws,
-        ``log_q`` at such points, the guide's ``latent(dim)`` (declares ``numpyro.param`` sites
-        named as in ``params`` and returns a distribution over the flat latent vector)."""
+    def _density_result(self, state, info, target: Target, rng_key, *, fit: Callable,
+                        sample: Callable, log_q: Callable, latent: Callable,
+                        guide_params: tuple[str, ...]) -> InferenceResult:
+        """The result of a fitted density, from pure functions (module-level, so each is
+        compiled once per process and shapes, not once per run): ``fit(state) -> dict`` of the
+        fitted arrays; ``sample(fitted, key, n) -> (n, d)`` unconstrained draws; ``log_q(fitted,
+        z)`` at such points; the guide's ``latent(dim)`` (declares ``numpyro.param`` sites named
+        as ``guide_params``, keys of ``fitted``, and returns a distribution over the flat
+        latent vector)."""
         from numpyro_gflow.result import latent_guide
 
-        draws = sample(jax.random.fold_in(rng_key, 1), self.num_result_draws)
+        fitted = _jitted(fit)(state)
+        draw, density = _jitted(sample, 2), _jitted(log_q)
+        draws = draw(fitted, fold_key(rng_key, 1), self.num_result_draws)
         return InferenceResult(
             type(self).__name__, target.bridge, target.model_args, target.model_kwargs, draws,
-            info._asdict(), state=state, objective=self.objective, sampler=sample, log_q=log_q,
-            guide=latent_guide(target.bridge, latent), params=params,
+            info._asdict(), state=state, objective=self.objective,
+            sampler=lambda key, n: draw(fitted, key, n), log_q=lambda z: density(fitted, z),
+            guide=latent_guide(target.bridge, latent),
+            params={k: fitted[k] for k in guide_params},
         )
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _run_keys(rng_key, num_points):
+    """One key per point (its initial draw) and the engine's own key (mini-batches, the core's
+    randomness), in one compiled program."""
+    keys = jax.random.split(rng_key, num_points)
+    return keys, _state_key(keys)
+
+
+@jax.jit
+def _state_key(keys):
+    return jax.random.fold_in(keys[0], 0x6F1)
+
+
+@jax.jit
+def _to_z(coords, u):
+    return coords.to_z(u)
+
+
+@jax.jit
+def fold_key(rng_key, data):
+    """``jax.random.fold_in``, compiled once (run op by op it compiles two programs per call
+    site's first use)."""
+    return jax.random.fold_in(rng_key, data)
+
+
+@functools.cache
+def _jitted(fn, static_argnums=()):
+    return jax.jit(fn, static_argnums=static_argnums)

@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from numpyro_gflow import progress
@@ -267,7 +268,7 @@ def run_chunks(engine, compiled: Compiled, dynamic, state, num_steps: int, progr
         chunk = min(chunk, feed.stream.steps_per_transfer)
     every = progress.every_for(num_steps)
     infos, done, failed_at, interrupted = [], 0, 0, False
-    carry = (state, jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32))
+    carry = (state, np.int32(0), np.int32(0))   # NumPy scalars: no XLA program to make them
     bar = progress.ProgressBar(num_steps, type(engine).__name__, enabled=progress_bar)
     batches = None if feed is None else feed(0, chunk)
     progress.take_interrupt()   # forget one that came after the last run
@@ -275,8 +276,7 @@ def run_chunks(engine, compiled: Compiled, dynamic, state, num_steps: int, progr
         try:
             while done < num_steps and failed_at == 0:
                 new_carry, info = compiled.run(carry, dynamic, batches, bar_id,
-                                               jnp.asarray(done, jnp.int32),
-                                               jnp.asarray(num_steps, jnp.int32),
+                                               np.int32(done), np.int32(num_steps),
                                                num_steps=chunk, every=every)
                 if feed is not None and done + chunk < num_steps:
                     batches = feed(done + chunk, chunk)   # overlaps the running chunk
@@ -296,8 +296,10 @@ def run_chunks(engine, compiled: Compiled, dynamic, state, num_steps: int, progr
         if progress_bar:
             jax.effects_barrier()
             bar.finish(done if failed_at == 0 else failed_at - 1)
-    if infos:
-        info = jax.tree.map(lambda *xs: jnp.concatenate(xs)[:done], *infos)
+    if len(infos) == 1 and done == chunk:
+        info = infos[0]
+    elif infos:   # on the host: eager concatenations would each compile a program
+        info = jax.tree.map(lambda *xs: np.concatenate(xs)[:done], *infos)
     else:  # interrupted before the first chunk finished, or num_steps == 0
         info = empty_info(compiled, dynamic, carry, feed)
     return carry[0], info, done, failed_at, interrupted, int(carry[2])

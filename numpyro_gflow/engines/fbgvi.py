@@ -16,6 +16,7 @@ from numpyro_gflow.core.numerics import (
     climb,
     curvature,
     best_laplace,
+    gaussian_log_density,
     lower_factor,
     smallest_curvature,
     spread_starts,
@@ -173,15 +174,23 @@ class FBGVI(DensityEngine):
         return state.mean[None]
 
     def _result(self, state, info, target, rng_key) -> InferenceResult:
-        loc, scale_tril = state.mean, state.scale_tril
-        q = dist.MultivariateNormal(loc, scale_tril=scale_tril)
-
-        def sampler(key, num_samples):
-            return q.sample(key, (num_samples,))
-
-        return self._density_result(state, info, target, rng_key, sample=sampler, log_q=q.log_prob,
+        return self._density_result(state, info, target, rng_key, fit=_fbgvi_fit,
+                                    sample=_fbgvi_sample, log_q=_fbgvi_log_q,
                                     latent=_fbgvi_latent,
-                                    params={"fbgvi_loc": loc, "fbgvi_scale_tril": scale_tril})
+                                    guide_params=("fbgvi_loc", "fbgvi_scale_tril"))
+
+
+def _fbgvi_fit(state):
+    return {"fbgvi_loc": state.mean, "fbgvi_scale_tril": state.scale_tril}
+
+
+def _fbgvi_sample(fitted, key, num_samples):
+    loc, tril = fitted["fbgvi_loc"], fitted["fbgvi_scale_tril"]
+    return loc + jax.random.normal(key, (num_samples, loc.shape[0]), loc.dtype) @ tril.T
+
+
+def _fbgvi_log_q(fitted, z):
+    return gaussian_log_density(z, fitted["fbgvi_loc"], fitted["fbgvi_scale_tril"])
 
 
 def _fbgvi_latent(dim):

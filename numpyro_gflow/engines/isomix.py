@@ -207,28 +207,35 @@ class IsoGaussianMixtureVI(DensityEngine):
         return state.means
 
     def _result(self, state, info, target, rng_key) -> InferenceResult:
-        fitted = averaged(state)
-        means, variances, scale = fitted.means, fitted.variances, fitted.scale
-        params = {"isomix_means": means, "isomix_variances": variances}
-        if scale is None:
-            log_q = lambda z: mixture_log_density(z, means, variances)  # noqa: E731
-            latent = _isomix_latent
-        else:
-            # component covariance eps_i A A^T: its Cholesky factor for the guide
-            params["isomix_scale_tril"] = lower_factor(scale)
-            inv, log_det = state.inv_scale, state.log_det_scale
-            u_means = means @ inv.T
+        scaled = state.scale is not None
+        keys = ("isomix_means", "isomix_variances") + (("isomix_scale_tril",) if scaled else ())
+        return self._density_result(state, info, target, rng_key, fit=_isomix_fit,
+                                    sample=_isomix_sample, log_q=_isomix_log_q,
+                                    latent=_isomix_latent_scaled if scaled else _isomix_latent,
+                                    guide_params=keys)
 
-            def log_q(z):
-                return mixture_log_density(z @ inv.T, u_means, variances) - log_det
 
-            latent = _isomix_latent_scaled
+def _isomix_fit(state):
+    fitted = averaged(state)
+    out = {"isomix_means": fitted.means, "isomix_variances": fitted.variances}
+    if fitted.scale is not None:
+        # component covariance eps_i A A^T: its Cholesky factor for the guide
+        out.update(isomix_scale_tril=lower_factor(fitted.scale), scale=fitted.scale,
+                   inv=state.inv_scale, log_det=state.log_det_scale)
+    return out
 
-        def sampler(key, num_samples):
-            return sample_mixture(key, means, variances, num_samples, scale)
 
-        return self._density_result(state, info, target, rng_key, sample=sampler, log_q=log_q,
-                                    latent=latent, params=params)
+def _isomix_sample(fitted, key, num_samples):
+    return sample_mixture(key, fitted["isomix_means"], fitted["isomix_variances"], num_samples,
+                          fitted.get("scale"))
+
+
+def _isomix_log_q(fitted, z):
+    means, variances = fitted["isomix_means"], fitted["isomix_variances"]
+    if "inv" not in fitted:
+        return mixture_log_density(z, means, variances)
+    inv = fitted["inv"]
+    return mixture_log_density(z @ inv.T, means @ inv.T, variances) - fitted["log_det"]
 
 
 def _isomix_latent(dim):

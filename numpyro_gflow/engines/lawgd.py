@@ -8,7 +8,8 @@ import optax
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_gflow._validate import positive_float, positive_int
-from numpyro_gflow.core.lawgd import DEFAULT_GRID, MAX_DIM, build_basis, init, step
+from numpyro_gflow.core.lawgd import (DEFAULT_GRID, MAX_DIM, build_basis, grid_values, init,
+                                      step)
 from numpyro_gflow.core.optim import coin_betting
 from numpyro_gflow.engines.base import ParticleEngine, Target
 
@@ -54,12 +55,17 @@ class CoinLAWGD(ParticleEngine):
         from numpyro_gflow.core import svgd as svgd_core
         from numpyro_gflow.core.kernels import RBFKernel
 
-        score_fn = target.score_fn()
-        opt = coin_betting()
-        body = lambda s, _: (svgd_core.step(s, score_fn, RBFKernel(), opt)[0], None)  # noqa: E731
-        state, _ = jax.lax.scan(body, svgd_core.init(particles, opt, jax.random.key(0)), None,
-                                length=300)
-        return state.particles
+        def pilot(t, particles):
+            score_fn = t.score_fn()
+            opt = coin_betting()
+            body = lambda s, _: (svgd_core.step(s, score_fn, RBFKernel(), opt)[0],  # noqa: E731
+                                 None)
+            state, _ = jax.lax.scan(body, svgd_core.init(particles, opt, jax.random.key(0)),
+                                    None, length=300)
+            return state.particles
+
+        # compiled once per input signature (`_compiled_program`), not at every run
+        return self._compiled_program(("lawgd_pilot", 300), target, pilot, particles)
 
     def _core_init(self, particles, rng_key, target: Target):
         d = target.bridge.dim
@@ -82,8 +88,12 @@ class CoinLAWGD(ParticleEngine):
             low, high = centre - 6 * spread, centre + 6 * spread
         basis, _ = build_basis(
             target.log_density, low, high,
-            self.grid_size or DEFAULT_GRID[d], self.num_eigen)
-        return init(particles, basis, self.optimizer, rng_key)
+            self.grid_size or DEFAULT_GRID[d], self.num_eigen,
+            evaluate=lambda pts: self._compiled_program(
+                "lawgd_grid", target, lambda t, x: grid_values(t.log_density, x), pts))
+        return self._compiled_program(
+            "lawgd_init", target, lambda t, p, b, k: init(p, b, self.optimizer, k),
+            particles, basis, rng_key)
 
     def _core_step(self, state, target):
         return step(state, self.optimizer)

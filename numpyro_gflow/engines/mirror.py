@@ -33,6 +33,8 @@ Jacobian d theta / d eta at ``m``).
 
 from __future__ import annotations
 
+import functools
+
 from typing import Callable
 
 import jax
@@ -221,10 +223,21 @@ class _MirroredEngine(ParticleEngine):
         return lambda eta: mirror.log_density(eta, target.model_args, target.model_kwargs)
 
     def _from_unconstrained(self, z, bridge):
-        return jax.vmap(self._mirror(bridge).from_unconstrained)(z)
+        # compiled once per model (`ModelBridge.program`), not op by op at every run
+        return bridge.program(("mirror_from", self.fallback),
+                              functools.partial(_mirror_points, "from", self.fallback))(z)
 
     def _to_unconstrained(self, particles, bridge):
-        return jax.vmap(self._mirror(bridge).to_unconstrained)(particles)
+        return bridge.program(("mirror_to", self.fallback),
+                              functools.partial(_mirror_points, "to", self.fallback))(particles)
+
+    def _result_points(self, state, bridge):
+        if not hasattr(state, "coords"):
+            return self._to_unconstrained(state.particles, bridge)
+        # the coordinates' map and the mirror's inverse in one program
+        return bridge.program(("mirror_result", self.fallback),
+                              functools.partial(_mirror_result, self.fallback))(
+            state.coords, state.core.particles)
 
     def _constrain_one(self, bridge, particle, args, kwargs):
         return bridge.constrain(self._mirror(bridge).to_unconstrained(particle), args, kwargs)
@@ -344,3 +357,15 @@ class SVMD(MSVGD):
         eval_fn, slices = self._eval(target)
         return svmd.step(state, eval_fn, slices, self.kernel, self.optimizer,
                          self.eigen_threshold, with_ksd=self.trace_ksd)
+
+
+def _mirror_points(which, fallback, bridge, args, kwargs, points):
+    """(`ModelBridge.program`) NumPyro's unconstrained points -> the mirrored engines'
+    particles (``which="from"``), or back (``"to"``)."""
+    mirror = MirroredTarget(bridge, fallback)
+    one = mirror.from_unconstrained if which == "from" else mirror.to_unconstrained
+    return jax.vmap(one)(points)
+
+
+def _mirror_result(fallback, bridge, args, kwargs, coords, particles):
+    return _mirror_points("to", fallback, bridge, args, kwargs, coords.to_z(particles))

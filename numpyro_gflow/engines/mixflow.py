@@ -331,13 +331,17 @@ class MixFlow(DensityEngine):
             return loc[None], scale
         return loc[None], jnp.broadcast_to(scale, loc.shape)[None]
 
+    @property
+    def traceable_init(self) -> bool:
+        # a named reference starts from the initial point (one compiled program); a given
+        # (loc, scale) is checked on the host first
+        return isinstance(self.reference, str)
+
     def _core_init(self, particles, rng_key, target: Target):
         loc, scale = self._reference_arrays(target.bridge, particles)
-        if self.reference == "fullrank":
+        if self.reference == "fullrank":   # traced (`traceable_init`)
             starts = spread_starts(loc[0], jax.random.fold_in(rng_key, 11), LAPLACE_STARTS)
-            center, whiten = self._compiled_program(
-                ("laplace", self.map_steps), target,
-                lambda t, s: best_laplace(t.log_density, s, self.map_steps), starts)
+            center, whiten = best_laplace(target.log_density, starts, self.map_steps)
             return reference_init(center, None, self.optimizer, rng_key, whiten=whiten)
         if self._full_rank():
             return reference_init(loc, None, self.optimizer, rng_key, whiten=scale)
@@ -353,9 +357,9 @@ class MixFlow(DensityEngine):
     def _result(self, state, info, target: Target, rng_key) -> InferenceResult:
         bridge, args, kwargs = target.bridge, target.model_args, target.model_kwargs
         target, dynamic = _split(bridge, args, kwargs)
-        loc, scale, tril = reference_gaussian(state)
-        if not all(bool(jnp.all(jnp.isfinite(a)))
-                   for a in (loc, scale) + ((tril,) if tril is not None else ())):
+        loc, scale, tril, finite, (k_tune, k_elbo, k_draw, k_inv) = _reference_parts(state,
+                                                                                     rng_key)
+        if not bool(finite):
             raise FloatingPointError(
                 f"MixFlow: the {'full-rank' if tril is not None else 'mean-field'} reference fit "
                 "is not finite (the model's density or its gradient is NaN/inf along the fit, "
@@ -364,29 +368,32 @@ class MixFlow(DensityEngine):
         if self.step_scale == "reference":
             # steps in units of the reference: per-coordinate sd, or (full rank) whitened
             # coordinates y = L^-1 (x - loc), where q0 is a standard normal
-            unit, matrix = (scale, None) if tril is None else (jnp.ones_like(scale), tril)
+            # (NumPy on the host where it is elementwise: no XLA program per operation)
+            unit, matrix = ((np.asarray(scale), None) if tril is None
+                            else (np.ones(scale.shape, scale.dtype), tril))
         else:
-            unit, matrix = jnp.ones_like(scale), None
+            unit, matrix = np.ones(scale.shape, scale.dtype), None
         # step_size = the unit, during tuning
         params = MixFlowParams(loc, scale, unit, tril, matrix)
-        k_tune, k_elbo, k_draw, k_inv = jax.random.split(jax.random.fold_in(rng_key, 7), 4)
         stats = {}
         if self.step_size == "auto":
-            cands = jnp.asarray(self.step_size_grid, loc.dtype)
+            cands = np.asarray(self.step_size_grid, loc.dtype)
             if self.step_size_rule == "elbo":
                 means, ses = _jit_tune_elbo(k_tune, params, cands, dynamic, target,
                                             self.flow_length, self.num_leapfrog,
                                             self.num_tune_samples)
-                means = jnp.where(jnp.isfinite(means), means, -jnp.inf)
-                best = int(jnp.argmax(means))
-                if not bool(jnp.isfinite(means[best])):
+                means, ses = np.asarray(means), np.asarray(ses)
+                means = np.where(np.isfinite(means), means, -np.inf)
+                best = int(np.argmax(means))
+                if not np.isfinite(means[best]):
                     raise FloatingPointError(
                         "MixFlow: every candidate step size gave a non-finite ELBO; check the "
                         "model's density or give step_size_grid smaller steps")
             else:
                 means, ses = _jit_tune_acceptance(k_tune, params, cands, dynamic, target,
                                                   self.num_leapfrog, self.num_tune_samples)
-                ok = np.flatnonzero(np.asarray(means) >= self.target_accept)
+                means, ses = np.asarray(means), np.asarray(ses)
+                ok = np.flatnonzero(means >= self.target_accept)
                 # the largest step whose leapfrog keeps the energy error small; if none does,
                 # the smallest candidate
                 best = int(ok[-1]) if ok.size else 0
@@ -395,7 +402,7 @@ class MixFlow(DensityEngine):
                                        for c, m, s in zip(cands, means, ses)}
         else:
             step = self.step_size
-        params = params._replace(step_size=step * unit)
+        params = params._replace(step_size=(step * unit).astype(unit.dtype))
         fit = MixFlowFit(params, self.flow_length, self.num_leapfrog, target, dynamic)
         flow = MixFlowResult(fit)
         num_elbo = max(2, min(self.num_draws, 256))
@@ -613,3 +620,13 @@ class MixFlowKernel(KernelAdapter):
         # vectorized chains may reach here batched (one row per chain)
         p = jax.vmap(step)(point) if state.x.ndim > 1 else step(point)
         return MixFlowKernelState(*p, state.rng_key)
+
+
+@jax.jit
+def _reference_parts(state, rng_key):
+    """The fitted reference ``(loc, scale, tril)``, whether it is finite, and the result's four
+    keys, in one compiled program."""
+    loc, scale, tril = reference_gaussian(state)
+    arrays = (loc, scale) + (() if tril is None else (tril,))
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+    return loc, scale, tril, finite, tuple(jax.random.split(jax.random.fold_in(rng_key, 7), 4))

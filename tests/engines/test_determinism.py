@@ -18,6 +18,7 @@ import pytest
 from numpyro.infer.initialization import init_to_uniform
 
 import numpyro_gflow as gf
+from support import backend_compiles
 
 Y = jax.random.normal(jax.random.key(42), (20,)) + 1.0
 
@@ -97,8 +98,14 @@ def run(engine, key):
 @pytest.mark.parametrize("name", ENGINES)
 def test_same_key_same_result(name):
     engine = ENGINES[name]()
-    first = fingerprint(run(engine, jax.random.key(0)), name)
-    again = fingerprint(run(engine, jax.random.key(0)), name)
+    key = jax.random.key(0)
+    first = fingerprint(run(engine, key), name)
+    compiles = backend_compiles()
+    before = len(compiles)
+    again = fingerprint(run(engine, key), name)
+    # the same engine object on same-shaped inputs reuses every compiled program (issue 19;
+    # the first call's count, in a fresh process: tests/engines/test_compiles.py)
+    assert len(compiles) == before, f"{name}: a second run compiled {len(compiles) - before}"
     assert_identical(first, again, name)
     other = fingerprint(run(engine, jax.random.key(1)), name)
     assert not np.array_equal(first["unconstrained"][0], other["unconstrained"][0]), name
