@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -86,12 +87,17 @@ def energy_distance(x, y, scale_by: str | None = "pooled") -> float:
     the reference; ``None`` leaves the coordinates as they are, as the mirrored-Stein paper
     does on the simplex). Zero for identical samples, symmetric, >= 0.
     """
-    x, y = _as_matrix(x), _as_matrix(y)
+    return float(_energy_distance(_as_matrix(x), _as_matrix(y), scale_by))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _energy_distance(x, y, scale_by):
+    # compiled: run op by op, each new pair of shapes compiled a dozen small programs
     x, y = _standardise(x, y, scale_by)
     xy = _mean_pairwise_dist(x, y)
     xx = _mean_pairwise_dist(x, x)
     yy = _mean_pairwise_dist(y, y)
-    return float(jnp.maximum(2 * xy - xx - yy, 0.0))
+    return jnp.maximum(2 * xy - xx - yy, 0.0)
 
 
 def mmd(x, y, kernel: Kernel | None = None, scale_by: str = "pooled") -> float:

@@ -18,7 +18,7 @@ import pytest
 from numpyro.infer.initialization import init_to_uniform
 
 import numpyro_gflow as gf
-from support import backend_compiles
+from support import compilations
 
 Y = jax.random.normal(jax.random.key(42), (20,)) + 1.0
 
@@ -100,7 +100,7 @@ def test_same_key_same_result(name):
     engine = ENGINES[name]()
     key = jax.random.key(0)
     first = fingerprint(run(engine, key), name)
-    compiles = backend_compiles()
+    compiles = compilations()
     before = len(compiles)
     again = fingerprint(run(engine, key), name)
     # the same engine object on same-shaped inputs reuses every compiled program (issue 19;
