@@ -9,6 +9,7 @@ Layers, bottom up: `bridge` (NumPyro model -> unconstrained log density, score, 
 from numpyro_gflow import core, diagnose, diagnostics
 from numpyro_gflow.bridge import ModelBridge
 from numpyro_gflow.checkpoint import load_state, save_state
+from numpyro_gflow.compilation import enable_compilation_cache
 from numpyro_gflow.core import kernels, optim
 from numpyro_gflow.core.kernels import IMQKernel, RBFKernel
 from numpyro_gflow.data import StreamedData
@@ -57,6 +58,7 @@ __all__ = [
     "core",
     "diagnose",
     "diagnostics",
+    "enable_compilation_cache",
     "kernels",
     "load_state",
     "optim",
