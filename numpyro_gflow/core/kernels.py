@@ -18,7 +18,9 @@ Memory. The dense path holds a few n x n matrices (about 1.6 GB each at n = 20,0
 the dense path's numbers to float tolerance, and the same median-heuristic bandwidth (the
 exact bisection median counts the distances block by block, recomputing them each round).
 Each kernel's ``block_size`` picks the path: ``"auto"`` (default) is dense for
-n <= `AUTO_DENSE_MAX` and blocks of `AUTO_BLOCK_SIZE` above; ``None`` is always dense; an int
+n <= `auto_dense_max()` (`AUTO_DENSE_MAX` on a CPU; on a device that reports its memory, a GPU,
+as many as fit the dense temporaries in `AUTO_DENSE_MEMORY_FRACTION` of it) and blocks of
+`AUTO_BLOCK_SIZE` above; ``None`` is always dense; an int
 is that block size. `svgd_direction` (so SVGD and CoinSVGD), `bandwidth` and
 `stein_kernel_mean` (so KSD descent and CoinKSDD, gradient included) read ``block_size``;
 `kernel_matrix` and `stein_kernel_matrix`, and the engines built on them (mirrored Stein),
@@ -63,6 +65,8 @@ __all__ = [
     "stein_kernel_mean",
     "ksd_test",
     "AUTO_DENSE_MAX",
+    "AUTO_DENSE_MEMORY_FRACTION",
+    "auto_dense_max",
     "AUTO_BLOCK_SIZE",
     "RFF_MEDIAN_SAMPLE",
     "random_features",
@@ -73,6 +77,14 @@ __all__ = [
 #: benchmarks/experiments/scale_memory/SCALE_MEMORY.md) and the dense exact median is cheaper
 #: than the blocked one's 33 passes.
 AUTO_DENSE_MAX = 8192
+#: On a device that reports its memory (``memory_stats()["bytes_limit"]``: GPUs, TPUs),
+#: ``block_size="auto"`` stays dense while the dense step's temporaries, about
+#: `DENSE_BYTES_PER_PAIR` bytes per pair of particles, fit in this fraction of it (at least up
+#: to `AUTO_DENSE_MAX`): on a 80 GB GPU up to about 35,000 particles, where the blocked path
+#: was measured 30 times slower than 16 times the work (issue 19).
+AUTO_DENSE_MEMORY_FRACTION = 0.25
+#: the dense step's temporaries per pair of particles (384 MiB measured at n = 5000, float32)
+DENSE_BYTES_PER_PAIR = 16
 #: ``block_size="auto"`` uses row blocks of this size above `AUTO_DENSE_MAX`.
 AUTO_BLOCK_SIZE = 512
 #: With random features (``RBFKernel(num_features=M)``) the median-heuristic bandwidth is the
@@ -149,6 +161,19 @@ def median_heuristic(sq_dists: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------ row blocks
+def auto_dense_max(device=None) -> int:
+    """Most particles ``block_size="auto"`` keeps dense on ``device`` (default: the first local
+    device): `AUTO_DENSE_MAX`, or more where the device reports memory that the dense
+    temporaries fit in (see `AUTO_DENSE_MEMORY_FRACTION`)."""
+    try:
+        stats = (jax.local_devices()[0] if device is None else device).memory_stats()
+    except Exception:   # noqa: BLE001 - a backend without memory statistics (the CPU)
+        stats = None
+    limit = (stats or {}).get("bytes_limit") or 0
+    fit = int(math.sqrt(AUTO_DENSE_MEMORY_FRACTION * limit / DENSE_BYTES_PER_PAIR))
+    return max(AUTO_DENSE_MAX, fit)
+
+
 def resolve_block_size(block_size, n: int) -> int | None:
     """The row-block size used for n particles, or None for the dense path (see module doc)."""
     if block_size is None:
@@ -157,7 +182,7 @@ def resolve_block_size(block_size, n: int) -> int | None:
         if block_size != "auto":
             raise ValueError("block_size must be 'auto', None or a positive int, "
                              f"got {block_size!r}")
-        return None if n <= AUTO_DENSE_MAX else AUTO_BLOCK_SIZE
+        return None if n <= auto_dense_max() else AUTO_BLOCK_SIZE
     block_size = int(block_size)
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
@@ -281,7 +306,7 @@ class RBFKernel:
     diagonal included. A float fixes ``h``.
 
     ``block_size`` picks dense or row-blocked memory for `svgd_direction` and `bandwidth`
-    (``"auto"``: dense up to `AUTO_DENSE_MAX` particles; ``None``: dense; an int: blocks of
+    (``"auto"``: dense up to `auto_dense_max()` particles; ``None``: dense; an int: blocks of
     that many rows, peak memory O(block_size * n)). Same numbers either way, to float tolerance.
 
     ``num_features=M`` (default None: exact) makes `svgd_direction` use M random Fourier

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from numpyro_gflow.core.kernels import (
-    AUTO_BLOCK_SIZE, AUTO_DENSE_MAX, IMQKernel, RBFKernel, bandwidth, kth_smallest,
+    AUTO_BLOCK_SIZE, AUTO_DENSE_MAX, IMQKernel, auto_dense_max, RBFKernel, bandwidth, kth_smallest,
     median_heuristic, pairwise_sq_dists, resolve_block_size, svgd_direction,
 )
 
@@ -102,6 +102,7 @@ def test_block_size_resolution_and_validation():
     assert resolve_block_size(None, 10**6) is None
     assert resolve_block_size("auto", AUTO_DENSE_MAX) is None
     assert resolve_block_size("auto", AUTO_DENSE_MAX + 1) == AUTO_BLOCK_SIZE
+    assert auto_dense_max() == AUTO_DENSE_MAX       # a CPU reports no device memory
     assert resolve_block_size(64, 64) is None        # one block is the dense computation
     assert resolve_block_size(64, 65) == 64
     assert RBFKernel(block_size=128).block_size == 128
@@ -184,3 +185,23 @@ def test_blocked_stein_kernel_mean_and_its_gradient_match_dense(kernel_cls):
     scale = float(jnp.max(jnp.abs(dense_g)))
     assert float(jnp.max(jnp.abs(block_g - dense_g))) < 1e-5 * scale
     assert scale > 0
+
+
+class _Device:
+    def __init__(self, limit):
+        self.limit = limit
+
+    def memory_stats(self):
+        return None if self.limit is None else {"bytes_limit": self.limit}
+
+
+def test_auto_layout_follows_the_device_memory(monkeypatch):
+    # an 80 GB GPU keeps 20,000 particles dense (the blocked path cost 30x for 16x the work
+    # there); a small one, or a device without memory statistics, keeps the CPU's threshold
+    assert auto_dense_max(_Device(80 * 2**30)) == int((0.25 * 80 * 2**30 / 16) ** 0.5)
+    assert auto_dense_max(_Device(80 * 2**30)) > 20_000
+    assert auto_dense_max(_Device(2**30)) == AUTO_DENSE_MAX
+    assert auto_dense_max(_Device(None)) == AUTO_DENSE_MAX
+    monkeypatch.setattr(jax, "local_devices", lambda: [_Device(80 * 2**30)])
+    assert resolve_block_size("auto", 20_000) is None
+    assert resolve_block_size("auto", 50_000) == AUTO_BLOCK_SIZE
