@@ -37,6 +37,7 @@ from numpyro_gflow.core.mixflow import (
 )
 from numpyro_gflow.core.numerics import NEWTON_STEPS, best_laplace, spread_starts
 from numpyro_gflow.engines.base import DensityEngine, Target
+from numpyro_gflow.engines.driver import compile_engine
 from numpyro_gflow.engines.mcmc import KernelAdapter
 from numpyro_gflow.result import InferenceResult, LazyStats, latent_guide
 
@@ -590,6 +591,11 @@ class MixFlowKernel(KernelAdapter):
         self._step = None
 
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
+        if init_params is not None and self._fit is None:
+            # checked before the reference fit compiles and runs (the model is traced
+            # abstractly; the fit below reuses that trace)
+            bridge = compile_engine(self._engine, model_args, model_kwargs)[0].bridge
+            bridge.check_params(init_params, batched=self._batched(rng_key))
         if self._fit is None:
             self._fit = self._engine.run(self.reference_key, self.reference_steps, *model_args,
                                          progress_bar=False, **model_kwargs)

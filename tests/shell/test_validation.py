@@ -17,6 +17,7 @@ import optax
 import pytest
 
 import numpyro_gflow as gf
+from support import compilations
 
 # ------------------------------------------------------------------------------ engines, small
 def _small(cls, **defaults):
@@ -172,28 +173,17 @@ def test_unconstrained_engines_follow_data_dependent_supports(name):
         assert np.all(t > float(jnp.max(y))) and np.all(t < 10.0)
 
 
-def _backend_compiles():
-    """A list that counts XLA backend compilations from now on (jax.monitoring)."""
-    events = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    return events
-
-
 @pytest.mark.parametrize("name", MIRRORED)
 def test_site_without_mirror_map(name):
     # the default falls back to NumPyro's transform (tests/engines/test_mirror.py); strict
     # mode names the site, before anything compiles (it was reported ~35 s into a run, after
     # the initialisation compiled)
     gf.ModelBridge.from_model(lkj_model)   # tracing the model compiles its eager ops once
-    compiles = _backend_compiles()
+    compiles = compilations()
+    before = len(compiles)
     with raises(ValueError, "site 'L'", "no mirror map", "fallback='numpyro'"):
         run(ENGINES[name](lkj_model, fallback=None))
-    assert compiles == []
+    assert len(compiles) == before
 
 
 def test_coin_lawgd_dimension_limit():
@@ -403,5 +393,9 @@ def test_mixflow_kernel_init_params_are_checked():
 
     kern = gf.MixFlowKernel(regression, flow_length=2, num_leapfrog=2, num_tune_samples=2)
     mcmc = MCMC(kern, num_warmup=0, num_samples=2, progress_bar=False)
+    compiles = compilations()
+    before = len(compiles)
     with raises(ValueError, "init_params", "missing latent site(s) ['b']"):
         mcmc.run(KEY, X5, Y5, init_params={"a": jnp.zeros(())})
+    # before the reference fit compiles (it did: ~10 s before the error)
+    assert len(compiles) == before
