@@ -135,6 +135,22 @@ def test_factor_sites_stay_out_of_the_log_likelihood_and_loo_works():
     assert "mu" in dt["posterior"].data_vars
     loo = az.loo(dt, var_name="lik")
     assert np.isfinite(loo.elpd)
+    # the ArviZ 1.x reports and plots read the same DataTree: a row per latent scalar and
+    # deterministic value, one panel per variable (matplotlib, no display)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = az.summary(dt, kind="stats")
+    assert {"a", "b"} <= set(table.index) and "mu[0]" in table.index
+    samples = res.get_samples()
+    np.testing.assert_allclose(table.loc["a", "mean"], np.mean(samples["a"]), rtol=1e-2,
+                               atol=1e-2)
+    for plot in (az.plot_trace, az.plot_dist):
+        pc = plot(dt, var_names=["a", "b"])
+        assert pc is not None
+        plt.close("all")
     az.summary(dt)
 
     # a factor beside one observed site: az.loo needs no var_name (it raised TypeError)
