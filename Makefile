@@ -1,5 +1,5 @@
 # Set-up and checks. Both targets create .venv (Python 3.12+) on first use.
-#   make demo   - install, then fit SVGD and NUTS on a real model and print the comparison
+#   make demo   - install, then fit NUTS and four engines on a real model and print one comparison table
 #   make test   - install with test extras, lint (ruff), then run the default (non-slow) test suite
 #   make test-slow - the long accuracy checks
 #   make bench     - the benchmark tables (not part of the tests; about 1.5 hours on 2 cores)

@@ -27,7 +27,14 @@ def _assert_same_tree(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("name", list(ENGINES))
+# one engine per family in the default run (the checkpoint code is shared; each engine adds
+# only its state's fields), every engine with `make test-slow`
+RESUME_DEFAULT = ("SVGD", "CoinKSDD", "CoinLAWGD", "MSVGD", "IsoGaussianMixtureVI",
+                  "FBGVI-stochastic", "MixFlow")
+
+
+@pytest.mark.parametrize("name", [n if n in RESUME_DEFAULT else pytest.param(
+    n, marks=pytest.mark.slow) for n in ENGINES])
 def test_save_load_resume_is_bit_for_bit(name, tmp_path):
     # k steps, save to disk, load, m more steps == k + m steps in one run, bit for bit
     engine, _ = ENGINES[name]()
@@ -178,7 +185,8 @@ def centred_hierarchy(x, g, y=None):
         numpyro.sample("y", dist.Normal(a[g] + x, s), obs=y)
 
 
-@pytest.mark.parametrize("name", ["SVGD", "FBGVI"])
+# FBGVI (the same numerics.best_laplace, 12-17 s of compiling) with `make test-slow`
+@pytest.mark.parametrize("name", ["SVGD", pytest.param("FBGVI", marks=pytest.mark.slow)])
 def test_a_model_without_a_mode_still_starts_finite(name):
     # before: the Laplace mode search ran down the funnel's neck (log tau = -16, Gaussian
     # scales 1e-8 to 1e3) and every Laplace-started engine stopped non-finite at step 1 (SVGD,

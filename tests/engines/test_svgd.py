@@ -120,15 +120,8 @@ def test_ensemble_kernel_needs_vectorized_chains(linreg_data):
         mcmc.run(jax.random.key(0), X, y)
 
 
-def test_seeded_and_deterministic(linreg_data):
-    X, y = linreg_data
-    eng = gf.SVGD(linreg_model, num_particles=30, step_size=0.05)
-    a = eng.run(jax.random.key(5), 100, X, y, progress_bar=False).unconstrained
-    b = gf.SVGD(linreg_model, num_particles=30, step_size=0.05).run(
-        jax.random.key(5), 100, X, y, progress_bar=False).unconstrained
-    c = eng.run(jax.random.key(6), 100, X, y, progress_bar=False).unconstrained
-    np.testing.assert_array_equal(a, b)
-    assert not np.allclose(a, c)
+# seeded and deterministic: tests/engines/test_determinism.py (every engine, bit for bit, a
+# fresh engine object included)
 
 
 def test_second_run_does_not_recompile(linreg_data):
