@@ -118,8 +118,8 @@ ENGINES = {
     "CoinKSDD": gf.CoinKSDD(model),
     "SVGD": gf.SVGD(model),
 }
-if SMOKE:   # the test suite's setting: one density and one particle engine
-    ENGINES = {k: ENGINES[k] for k in ("MixFlow", "SVGD")}
+if SMOKE:   # the test suite's setting: the cheapest density engine to compile, one particle
+    ENGINES = {"IsoGaussianMixtureVI": gf.IsoGaussianMixtureVI(model), "SVGD": ENGINES["SVGD"]}
 results, walls = {}, {}
 for name, engine in ENGINES.items():
     t0 = time.perf_counter()
@@ -143,7 +143,7 @@ for name, engine in ENGINES.items():
 # summary with its checks (`gf.print_summary(result)`):
 
 # %%
-dt = results["MixFlow"].to_arviz()
+dt = next(iter(results.values())).to_arviz()
 print("ArviZ groups:", sorted(dt.children))
 
 # %% [markdown]
