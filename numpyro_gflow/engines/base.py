@@ -462,10 +462,13 @@ class ParticleEngine(EnsembleKernel, Engine):
             starts = spread_starts(z[0], jax.random.fold_in(key, 11), LAPLACE_STARTS)
             return best_laplace(self._particle_log_density(t), starts, LAPLACE_MAP_STEPS)
 
+        # the first point only (on the host: no program of its own), so that engines with
+        # different numbers of particles share one compiled program
+        first = np.asarray(z)[:1]
         shared = shared_program(self, target, name, laplace)
         if shared is None:    # kept with this engine's programs instead
-            return tuple(self._compiled_program(name, target, laplace, z, rng_key))
-        return tuple(shared(z, rng_key))
+            return tuple(self._compiled_program(name, target, laplace, first, rng_key))
+        return tuple(shared(first, rng_key))
 
     def _coordinates_kind(self):
         """What `_particle_log_density` depends on besides the model (hashable): engines
