@@ -3,7 +3,9 @@
 A user has no reference posterior to compare with, so every result checks itself:
 
 - every engine: the points and their log densities are finite; the run went to its end; the
-  objective has stopped moving over the last part of the run (`trend`);
+  objective has stopped moving over the last part of the run (`trend`); on mini-batches, the
+  engine's settings are ones whose fixed point the batch noise does not bias (`minibatch`:
+  e.g. deterministic FB-GVI's constant step);
 - density engines (FBGVI, IsoGaussianMixtureVI, MixFlow): Pareto-smoothed importance sampling
   of the weights ``log p(z) - log q(z)`` on fresh draws (Yao, Vehtari, Simpson & Gelman 2018,
   "Yes, but did it work?"): the Pareto ``k_hat`` (unreliable above 0.7) and the weights'
@@ -243,6 +245,10 @@ def diagnose(result, rng_key=None, num_draws: int = 1000) -> dict:
                    f"{engine}: the {key} still changes by {change:+.3g} over the last fifth "
                    f"of the run (standard error {se:.2g}): not converged; run more steps "
                    "(continue with init_state=result.state)")
+
+    note = getattr(result, "minibatch_note", None)
+    if note:
+        _check(out, "minibatch", note, False, f"{engine}: {note}")
 
     if getattr(result, "streamed", False):
         out["skipped"]["fit"] = ("the run streamed its data (data_loader): the full-data "

@@ -144,6 +144,9 @@ class InferenceResult:
         self.diagnostics: dict | None = None
         #: whether the run streamed its data (``data_loader``)
         self.streamed = False
+        #: for a run on mini-batches: why the engine's settings do not suit them (None: no
+        #: known problem, or full data); diagnose's ``minibatch`` check reports it
+        self.minibatch_note = None
         #: "ok", or why the run ended early (non-finite step, interruption): see engine ``run``
         self.status = "ok"
         #: steps the trace covers

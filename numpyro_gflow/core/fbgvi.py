@@ -39,6 +39,7 @@ import jax.numpy as jnp
 __all__ = [
     "FBGVIInfo",
     "FBGVIState",
+    "averaged",
     "bw_sgd_step",
     "init",
     "jko_entropy",
@@ -55,6 +56,8 @@ class FBGVIState(NamedTuple):
     alpha: jax.Array        # curvature for the stochastic schedule
     draws: jax.Array        # (B, d) fixed antithetic draws of the deterministic variant
     rng_key: jax.Array
+    avg_mean: jax.Array     # (d,) the iterates' running average (`step`'s ``average``), or
+    avg_cov: jax.Array      # (d, d) the last iterate where the step does not average
 
 
 class FBGVIInfo(NamedTuple):
@@ -79,7 +82,23 @@ def _gaussian_entropy(chol):
 def init(mean, cov, step_size, alpha, draws, rng_key) -> FBGVIState:
     dtype = mean.dtype
     return FBGVIState(mean, cov, jnp.zeros((), jnp.int32), jnp.asarray(step_size, dtype),
-                      jnp.asarray(alpha, dtype), draws, rng_key)
+                      jnp.asarray(alpha, dtype), draws, rng_key, mean, cov)
+
+
+def averaged(state: FBGVIState, mean, cov, power: float | None):
+    """The running averages after an iterate ``(mean, cov)`` (the ``count``-th, counted from
+    1): polynomial-decay averaging (Shamir & Zhang 2013), ``avg_k = avg_{k-1} + w_k (x_k -
+    avg_{k-1})`` with ``w_k = (power + 1) / (k + power)``: iterate ``j`` weighted like
+    ``j (j + 1) ... (j + power - 1) ~ j^power`` (integer power): with ``power = 3`` the last
+    half of a long run carries 94 % of the weight, and the
+    weights do not depend on the run's length (a run continued from its state averages as one
+    long run). ``power=None``: no averaging (the averages are the last iterate)."""
+    if power is None:
+        return state._replace(avg_mean=mean, avg_cov=cov)
+    k = state.count.astype(mean.dtype)
+    w = (power + 1.0) / (k + power)
+    return state._replace(avg_mean=state.avg_mean + w * (mean - state.avg_mean),
+                          avg_cov=state.avg_cov + w * (cov - state.avg_cov))
 
 
 def _estimates(state: FBGVIState, score_fn, hvp_fn, hessian: str, stochastic: bool):
@@ -110,10 +129,12 @@ def _estimates(state: FBGVIState, score_fn, hvp_fn, hessian: str, stochastic: bo
 
 
 def step(state: FBGVIState, score_fn, hvp_fn, hessian: str,
-         stochastic: bool, local_cap: bool = False) -> tuple[FBGVIState, FBGVIInfo]:
+         stochastic: bool, local_cap: bool = False,
+         average: float | None = None) -> tuple[FBGVIState, FBGVIInfo]:
     """One FB-GVI step. ``local_cap``: also keep ``h <= 1 / |lambda|_max`` of this step's
     Hessian estimate (the paper's ``h <= 1 / beta`` checked where the draws are; inactive on a
-    ``beta``-smooth log-concave target started with ``h = 1 / beta``)."""
+    ``beta``-smooth log-concave target started with ``h = 1 / beta``). ``average``: the power
+    of `averaged`'s iterate averaging (``avg_mean``, ``avg_cov``); None: none."""
     m, S, C, log_pi, mean_grad_v, e_hess, h, rng_key = _estimates(state, score_fn, hvp_fn,
                                                                    hessian, stochastic)
     d = m.shape[0]
@@ -126,8 +147,8 @@ def step(state: FBGVIState, score_fn, hvp_fn, hessian: str,
     M = jnp.eye(d, dtype=m.dtype) - h * e_hess
     S_new, min_eig = jko_entropy(M @ S @ M.T, h)
     info = FBGVIInfo(jnp.mean(log_pi) + _gaussian_entropy(C), h, min_eig)
-    return state._replace(mean=m_new, cov=S_new, count=state.count + 1,
-                          rng_key=rng_key), info
+    new = state._replace(mean=m_new, cov=S_new, count=state.count + 1, rng_key=rng_key)
+    return averaged(new, m_new, S_new, average), info
 
 
 def bw_sgd_step(state: FBGVIState, score_fn, hvp_fn, hessian: str, stochastic: bool) -> FBGVIState:
@@ -141,8 +162,9 @@ def bw_sgd_step(state: FBGVIState, score_fn, hvp_fn, hessian: str, stochastic: b
     S_inv = jax.scipy.linalg.cho_solve((C, True), eye)
     M = eye - h * (e_hess - 0.5 * (S_inv + S_inv.T))
     S_new = M @ S @ M.T
-    return state._replace(mean=m - h * mean_grad_v, cov=0.5 * (S_new + S_new.T),
-                          count=state.count + 1, rng_key=rng_key)
+    m_new, S_new = m - h * mean_grad_v, 0.5 * (S_new + S_new.T)
+    return state._replace(mean=m_new, cov=S_new, count=state.count + 1, rng_key=rng_key,
+                          avg_mean=m_new, avg_cov=S_new)
 
 
 def moment_matched_draws(key, num, d):

@@ -391,6 +391,8 @@ class Engine(abc.ABC):
         elif interrupted:
             result.status = f"interrupted after step {done} of {num_steps}"
         result.streamed = stream is not None
+        if stream is not None or compiled.bridge.subsample_plates:
+            result.minibatch_note = self._minibatch_note()
         if diagnose:
             report = result.diagnose(fold_key(rng_key, 0xD1A6))
             if not report["ok"]:
@@ -406,6 +408,13 @@ class Engine(abc.ABC):
 
     def _check_ready(self):
         """Anything ``run`` needs that the constructor could leave open."""
+
+    def _minibatch_note(self) -> str | None:
+        """What is wrong with this engine's settings on mini-batch gradients (a subsampled
+        plate or streamed data), e.g. a step that never decays, so the batch noise never
+        averages out; None where nothing is known to be. Diagnose's ``minibatch`` check
+        reports it."""
+        return None
 
     def _check_loader(self, data_loader, kwargs):
         from numpyro_gflow.data import StreamedData

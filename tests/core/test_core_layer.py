@@ -148,3 +148,21 @@ def test_mixflow_sample_many_is_vmapped_sample():
         np.testing.assert_allclose(many.x, one.x, atol=1e-4)
         np.testing.assert_allclose(many.log_p, one.log_p, rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(many.u, one.u)
+
+
+def test_fbgvi_iterate_average_weights_iterate_j_like_j_cubed():
+    # iterates x_j = j (mean) and j * I (covariance), j = 1..K: iterate j's weight is
+    # proportional to j (j + 1) (j + 2); a plain average would give (K + 1) / 2, the last K
+    K = 50
+    state = fbgvi.init(jnp.zeros(2), jnp.eye(2), 0.1, 1.0, jnp.zeros((1, 2)), jax.random.key(0))
+    for j in range(1, K + 1):
+        state = state._replace(count=state.count + 1)
+        state = fbgvi.averaged(state, jnp.full(2, float(j)), j * jnp.eye(2), 3.0)
+    js = np.arange(1, K + 1, dtype=np.float64)
+    weights = js * (js + 1) * (js + 2)
+    expected = np.sum(weights * js) / np.sum(weights)
+    np.testing.assert_allclose(state.avg_mean, expected, rtol=1e-5)
+    np.testing.assert_allclose(state.avg_cov, expected * np.eye(2), rtol=1e-5)
+    # no averaging: the averages are the last iterate
+    last = fbgvi.averaged(state, jnp.ones(2), jnp.eye(2), None)
+    np.testing.assert_array_equal(last.avg_mean, jnp.ones(2))

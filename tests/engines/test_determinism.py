@@ -99,7 +99,11 @@ def run(engine, key):
 def test_same_key_same_result(name):
     engine = ENGINES[name]()
     key = jax.random.key(0)
-    first = fingerprint(run(engine, key), name)
+    result = run(engine, key)
+    # these settings suit mini-batches (stochastic FB-GVI; the others' notes are None) and
+    # full data never gets a note: no false `minibatch` check (tests/engines/test_minibatch.py)
+    assert result.minibatch_note is None, (name, result.minibatch_note)
+    first = fingerprint(result, name)
     compiles = compilations()
     before = len(compiles)
     again = fingerprint(run(engine, key), name)

@@ -1,0 +1,80 @@
+"""Mini-batches on a user's hierarchical regression (not a benchmark model): which settings
+converge to the full-data posterior, and a result that says when its settings cannot.
+
+The model: 500 rows in 10 groups, ``y ~ Normal(alpha[group] + beta x, sigma)``, ``alpha ~
+Normal(mu, tau)``, 50-row batches from a subsampled plate. Reference: NUTS on all rows, cached
+(``tests/data/make_hier_minibatch_nuts.py``: 4 chains x 10,000 draws; Monte Carlo error of a
+mean about 0.01 posterior sd). Measured (benchmarks/experiments/minibatch_bias/probe.py, max
+mean error over the 14 scalars in NUTS sds):
+
+- deterministic FB-GVI (the default): 1.3-4.4 off, whatever the number of steps (its constant
+  step never averages the batch noise out); full data 0.06;
+- stochastic FB-GVI, 10^4 steps: last iterate 0.11-0.24 over 5 keys; the averaged iterates
+  (its default, ``average="auto"``) 0.080-0.169 (key 3: 0.136).
+"""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import numpyro_gflow as gf
+
+N, J, BATCH = 500, 10, 50
+
+
+def hier_arrays():
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, J, N)
+    x = rng.normal(size=N)
+    alpha = 1.0 + 0.7 * rng.normal(size=J)
+    y = alpha[g] + 0.5 * x + 0.8 * rng.normal(size=N)
+    return jnp.asarray(g, jnp.int32), jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+
+
+def hier_model(g, x, y, batch=None):
+    mu = numpyro.sample("mu", dist.Normal(0, 5))
+    tau = numpyro.sample("tau", dist.HalfNormal(2))
+    beta = numpyro.sample("beta", dist.Normal(0, 2))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(2))
+    with numpyro.plate("groups", J):
+        alpha = numpyro.sample("alpha", dist.Normal(mu, tau))
+    with numpyro.plate("data", N, subsample_size=batch) as idx:
+        numpyro.sample("y", dist.Normal(alpha[g[idx]] + beta * x[idx], sigma), obs=y[idx])
+
+
+@pytest.fixture(scope="module")
+def nuts_moments():
+    with np.load(Path(__file__).parents[1] / "data" / "hier_minibatch_nuts.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def _max_mean_error(samples, moments):
+    return max(float(np.max(np.abs(np.asarray(samples[k]).mean(0) - moments[f"{k}_mean"])
+                            / moments[f"{k}_sd"]))
+               for k in ("mu", "tau", "beta", "sigma", "alpha"))
+
+
+def test_deterministic_fbgvi_on_minibatches_says_it_cannot_converge():
+    data = hier_arrays()
+    with pytest.warns(gf.UnreliableResultWarning, match=r"minibatch.*stochastic=True"):
+        # (no Laplace start or climb: the note depends on the variant only; less to compile)
+        result = gf.FBGVI(hier_model, precondition=None, map_steps=0).run(
+            jax.random.key(0), 100, *data, batch=BATCH, progress_bar=False, diagnose=True)
+    assert "minibatch" in result.diagnostics["failed"]
+    # (no false alarm: every engine's mini-batch settings of test_determinism and full data
+    # carry no note, asserted there)
+
+
+def test_stochastic_fbgvi_on_minibatches_matches_full_data_nuts(nuts_moments):
+    data = hier_arrays()
+    result = gf.FBGVI(hier_model, stochastic=True).run(jax.random.key(3), 10_000, *data,
+                                                         batch=BATCH, progress_bar=False)
+    assert result.minibatch_note is None
+    samples = result.get_samples(4000, jax.random.key(9))
+    # 0.136 measured for this key (0.080-0.169 over keys 1-5); the issue's bar is 0.2
+    assert _max_mean_error(samples, nuts_moments) < 0.2
