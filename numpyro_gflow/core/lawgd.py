@@ -29,7 +29,8 @@ Default box and start: a short Coin SVGD pilot (300 steps) from the initial part
 is the pilot's mean +- 6 pilot sds per coordinate and LAWGD starts from the pilot's particles,
 so the grid resolves the posterior rather than the (wider) initial spread. With
 ``bounds=(low, high)`` there is no pilot and LAWGD starts from the initial particles. Particles
-outside the box, or where ``pi`` was cut, get no force from the kernel.
+outside the box, or where ``pi`` was cut, get no force from the kernel. (The engine runs this
+core in the box's standardised coordinates, where coin betting's unit is a posterior sd.)
 """
 
 from __future__ import annotations
