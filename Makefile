@@ -4,6 +4,7 @@
 #   make test-slow - the long accuracy checks
 #   make bench     - the benchmark tables (not part of the tests; about 1.5 hours on 2 cores)
 #   make docs   - build the documentation site into site/ (mkdocs build --strict)
+#   make docs-examples - execute the example notebooks and render docs/examples/ (minutes)
 SHELL := /bin/bash
 VENV := .venv
 VPY := $(VENV)/bin/python
@@ -27,7 +28,7 @@ for c in python3.13 python3.12 python3 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/ve
 done; echo "error: numpyro-gflow needs Python >= 3.12; none found (set PYTHON=/path/to/python3.12)" >&2; exit 1
 endef
 
-.PHONY: demo test test-slow bench docs venv clean check-python
+.PHONY: demo test test-slow bench docs docs-examples venv clean check-python
 
 $(VPY):
 	@py=$$($(FIND_PYTHON)) || exit 1; \
@@ -59,7 +60,7 @@ demo: check-python $(STAMP)
 # fixture may then be computed on both workers. TEST_WORKERS=0 runs it in this process
 TEST_WORKERS ?= 2
 test: check-python $(STAMP)
-	$(VPY) -m ruff check numpyro_gflow tests benchmarks examples
+	$(VPY) -m ruff check numpyro_gflow tests benchmarks examples tools
 	$(VPY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-slow: check-python $(STAMP)
@@ -83,6 +84,11 @@ bench: $(BENCH_STAMP)
 
 docs: $(STAMP)
 	$(VPY) -m mkdocs build --strict -d site
+
+# the example notebooks executed (full setting) into docs/examples/<name>.md with their outputs
+# and figures; tests/shell/test_docs.py fails when an example changed and its page did not
+docs-examples: $(STAMP)
+	$(VPY) tools/render_examples.py
 
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache
