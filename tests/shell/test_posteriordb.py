@@ -103,3 +103,18 @@ def test_nuts_matches_reference(name):
                                                  g_q.std(ddof=1) / np.sqrt(8)))
             assert abs(np.quantile(got, q) - np.quantile(ref, q)) < q_tol, (key, q)
     assert int(jnp.sum(mcmc.get_extra_fields()["diverging"])) < 40     # < 1 % of the draws
+
+
+def test_choosing_page_table_is_generated_from_the_results():
+    # docs/choosing.md's ranking and recommended default are written by
+    # `python -m benchmarks.posteriordb` from results.json (run as a program: tests import
+    # nothing from benchmarks/); a hand edit or a results file changed without re-rendering
+    # fails here
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.posteriordb", "--check-docs"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
