@@ -131,6 +131,27 @@ def curvature(log_p, z, rng_key, iterations: int = 30):
     return jax.vmap(one)(z, jax.random.split(rng_key, z.shape[0]))
 
 
+#: up to this dimension `curvature_extremes` decomposes the dense Hessian (d Hessian-vector
+#: products in one batch, exact); above it, power iterations (fewer products, approximate)
+DENSE_CURVATURE_MAX = 200
+
+
+def curvature_extremes(log_p, x, rng_key):
+    """``(trace, largest |eigenvalue|, smallest eigenvalue)`` of ``-grad^2 log p(x)`` at one
+    point ``x`` (d,). For ``d <= DENSE_CURVATURE_MAX`` exactly, from the dense Hessian (one
+    batch of d Hessian-vector products: one copy of the model's second-order graph to compile,
+    where the power iterations are two loops more); above, `curvature`'s trace and power
+    iteration and `smallest_curvature`."""
+    d = x.shape[0]
+    if d <= DENSE_CURVATURE_MAX:
+        h = hessian(log_p, x)
+        lam = jnp.linalg.eigvalsh(0.5 * (h + h.T))
+        return jnp.trace(h), jnp.max(jnp.abs(lam)), lam[0]
+    trace, top = curvature(log_p, x[None], rng_key)
+    low = smallest_curvature(log_p, x, top[0], jax.random.fold_in(rng_key, 3))
+    return trace[0], top[0], low
+
+
 def smallest_curvature(log_p, x, top, rng_key, iterations: int = 100):
     """Smallest eigenvalue of ``-grad^2 log p(x)`` by power iteration on ``top I - H``."""
     v = jax.random.normal(rng_key, x.shape, x.dtype)

@@ -14,11 +14,10 @@ from numpyro_gflow.core.fbgvi import FBGVIState, init, moment_matched_draws, ste
 from numpyro_gflow.core.numerics import (
     Affine,
     climb,
-    curvature,
+    curvature_extremes,
     best_laplace,
     gaussian_log_density,
     lower_factor,
-    smallest_curvature,
     spread_starts,
 )
 from numpyro_gflow.engines.base import DensityEngine, Target
@@ -70,8 +69,9 @@ class FBGVI(DensityEngine):
     Args:
         model: a NumPyro model with continuous latent sites.
         step_size: ``h``. ``"auto"`` (default): ``1 / beta`` with ``beta`` the largest
-            curvature of ``-log pi`` found by power iteration on Hessian-vector products at the
-            initial mean (the paper's guarantees need ``h <= 1 / beta``), and at every step also
+            curvature of ``-log pi`` at the initial mean (the dense Hessian's eigenvalues up to
+            d = 200, power iteration on Hessian-vector products above; the paper's guarantees
+            need ``h <= 1 / beta``), and at every step also
             at most ``1 / |lambda|_max`` of that step's Hessian estimate: on targets that are not
             log-concave or not globally smooth (hierarchical models) the start's ``beta``
             understates the curvature elsewhere, and a single draw's Hessian could then make
@@ -170,16 +170,16 @@ class FBGVI(DensityEngine):
             coords = Affine.identity(d, z.dtype)
             start = climb(target.log_density, z, self.map_steps) if self.map_steps else z
         log_p = coords.log_p(target.log_density)
-        trace, top = curvature(log_p, start, rng_key)
+        # trace, largest and smallest curvature at the start mean (the last: the schedule's
+        # strong-convexity constant); exact from the dense Hessian up to d = 200
+        trace, top, low = curvature_extremes(log_p, start[0], rng_key)
         if self.precondition == "laplace":
             cov = jnp.eye(d, dtype=z.dtype)      # the Laplace covariance, in its own coordinates
         else:
-            cov = jnp.where(trace[0] > 0, d / jnp.maximum(trace[0], 1e-12), 1.0) * jnp.eye(
+            cov = jnp.where(trace > 0, d / jnp.maximum(trace, 1e-12), 1.0) * jnp.eye(
                 d, dtype=z.dtype)
-        h = 1.0 / jnp.maximum(top[0], 1e-6) if self.step_size == "auto" else self.step_size
-        # the schedule's strong-convexity constant: the smallest curvature at the start mean
-        low = smallest_curvature(log_p, start[0], top[0], jax.random.fold_in(rng_key, 3))
-        alpha = jnp.where(low > 0, low, jnp.where(trace[0] > 0, trace[0] / d, 1.0))
+        h = 1.0 / jnp.maximum(top, 1e-6) if self.step_size == "auto" else self.step_size
+        alpha = jnp.where(low > 0, low, jnp.where(trace > 0, trace / d, 1.0))
         B = self.num_mc_samples or (1 if self.stochastic else 100)
         if self.stochastic:
             draws = jnp.zeros((B, d), z.dtype)    # only the shape is used
