@@ -149,26 +149,20 @@ def data():
 
 @pytest.fixture(scope="module")
 def nuts_reference(data):
-    """(mean, sd) of the 31 parameters under NUTS."""
-    if REFERENCE.exists():
-        ref = np.load(REFERENCE)
-        info = json.loads(str(ref["__info__"]))
-        # the cached run is of exactly this model and data
-        assert info["model"] == "logistic" and info["method"] == "nuts", info
-        assert "569 x 30, standardised" in info["description"], info["description"]
-        assert "b ~ N(0, 5), w ~ N(0, 1)^30" in info["description"], info["description"]
-        assert info["max_r_hat"] < 1.01 and info["divergences"] == 0, info
-        # the moments are of all the cached draws, 31 parameters each
-        assert ref["mean"].shape == ref["sd"].shape == (31,)
-        assert int(ref["num_draws"]) == info["num_chains"] * info["num_samples_per_chain"]
-        return ref["mean"], ref["sd"]
-    else:
-        from numpyro.infer import MCMC, NUTS
-
-        mcmc = MCMC(NUTS(logistic_model), num_warmup=1000, num_samples=2000, progress_bar=False)
-        mcmc.run(jax.random.key(5), *data)
-        theta = flat(mcmc.get_samples())
-    return theta.mean(0), theta.std(0)
+    """(mean, sd) of the 31 parameters under NUTS (cached: tests/data/make_reference_moments.py,
+    from the benchmark suite's long reference run)."""
+    assert REFERENCE.exists(), "run .venv/bin/python tests/data/make_reference_moments.py"
+    ref = np.load(REFERENCE)
+    info = json.loads(str(ref["__info__"]))
+    # the cached run is of exactly this model and data
+    assert info["model"] == "logistic" and info["method"] == "nuts", info
+    assert "569 x 30, standardised" in info["description"], info["description"]
+    assert "b ~ N(0, 5), w ~ N(0, 1)^30" in info["description"], info["description"]
+    assert info["max_r_hat"] < 1.01 and info["divergences"] == 0, info
+    # the moments are of all the cached draws, 31 parameters each
+    assert ref["mean"].shape == ref["sd"].shape == (31,)
+    assert int(ref["num_draws"]) == info["num_chains"] * info["num_samples_per_chain"]
+    return ref["mean"], ref["sd"]
 
 
 def isomix_grad_evals(engine, num_steps, d):
