@@ -41,6 +41,9 @@ def test_pure_coin_lawgd_from_uniform_start_2d():
     eng = gf.CoinLAWGD(correlated_2d, num_particles=100,
                        bounds=(jnp.array([-6.0, -8.0]), jnp.array([8.0, 6.0])))
     x = eng.run(jax.random.key(0), 1000, progress_bar=False).get_samples()["x"]
+    # measured mean err <= 0.0007, cov err <= 0.008 (seeds 0-3: <= 0.0007 / 0.012): the particles
+    # are far from iid (100 iid draws: mean MC error 0.1-0.14, cov 0.14-0.28); the seeds agree to
+    # 0.004; the uniform start is 1 off in the mean and 0.33-0.67 in the covariance
     np.testing.assert_allclose(x.mean(0), [1.0, -1.0], atol=0.05)
     np.testing.assert_allclose(np.cov(np.asarray(x).T), [[1.0, 0.6], [0.6, 2.0]], atol=0.12)
 
@@ -49,6 +52,8 @@ def test_coin_lawgd_default_box_bimodal():
     x = gf.CoinLAWGD(bimodal_1d, num_particles=100).run(
         jax.random.key(0), 1000, progress_bar=False).get_samples()["x"]
     true_sd = np.sqrt(0.7**2 + 2.0**2)
+    # measured mean 6e-5 sd, sd ratio 0.999, mass 0.50 (seeds 0-3 the same to 1e-4: the start
+    # barely matters); 5 % is 50x the measured sd error. One mode held: sd ratio 0.33, mass 0 or 1
     assert abs(float(x.mean())) < 0.1 * true_sd
     assert abs(float(x.std()) / true_sd - 1) < 0.05
     assert 0.4 < float(jnp.mean(x > 0)) < 0.6  # both modes held

@@ -108,8 +108,12 @@ def test_sparse_dirichlet_mirrored_beat_stick_breaking_svgd():
                       "SVGD": gf.SVGD(sparse_dirichlet, num_particles=50, optimizer=rms)}.items():
         p = eng.run(jax.random.key(0), steps, progress_bar=False).get_samples()["p"]
         ed[name] = energy_distance(p, ref, scale_by=None)
+    # measured MSVGD 0.00075, CoinMSVGD 0.00102, SVGD 0.0222 (seeds 1-3: 0.00072-0.00091,
+    # 0.00072-0.0017, 0.0216-0.0221): stick-breaking SVGD is 13-30x worse on every seed
     assert ed["MSVGD"] < ed["SVGD"], ed
     assert ed["CoinMSVGD"] < ed["SVGD"], ed
+    # baseline measured 0.00055, low: 50 fresh exact draws vs ref give 0.0005-0.0031 (median
+    # 0.0013, 30 keys), so 5x = 0.0028 is about their 95th percentile; SVGD's 0.022 is 8x over
     baseline = energy_distance(ref[:50], ref[50:], scale_by=None)
     assert ed["CoinMSVGD"] < 5 * baseline, (ed, baseline)
 

@@ -20,6 +20,9 @@ def test_conjugate_gaussian_moments(conjugate):
     assert x.shape == (200, 5)
     mean_err = jnp.abs(x.mean(0) - conjugate.post_mean) / conjugate.post_sd
     sd_err = jnp.abs(x.std(0) / conjugate.post_sd - 1)
+    # measured max mean err 0.005 sd (seeds 0-3: <= 0.008; iid MC error 0.07), max sd err 0.125
+    # (seeds 0-3: 0.117-0.125, all too narrow: SVGD's finite-particle bias, not noise; within 20 %
+    # of 0.15). The Laplace start is 0.175 / 0.19 off: a run that did not move fails both
     assert jnp.all(mean_err < 0.1), mean_err
     assert jnp.all(sd_err < 0.15), sd_err
     # the objective falls by orders of magnitude from the initial particles
@@ -55,6 +58,8 @@ def test_constrained_site_matches_nuts(linreg_data, linreg_nuts):
         ref = linreg_nuts[site]
         err = np.abs(np.mean(s[site], 0) - ref.mean(0)) / ref.std(0)
         assert np.all(err < 0.1), (site, err)
+        # sds measured 12.1 % (sigma), 8.5-9.9 % (w), 8.0 % (w_norm) too narrow (seeds 0-2:
+        # <= 12.9 / 10.5 / 8.5 %; the NUTS sds' own MC error ~1.1 %): 0.07 above the worst
         assert np.all(np.abs(np.std(s[site], 0) / ref.std(0) - 1) < 0.2), site
 
 
@@ -62,6 +67,8 @@ def test_minibatch_svgd_recovers_the_posterior_mean(minibatch_target):
     t = minibatch_target
     res = gf.SVGD(t.model, num_particles=50, optimizer=optax.adam(0.02)).run(
         jax.random.key(1), 3000, t.x, progress_bar=False)
+    # measured 0.126 post sd (seeds 2-4: 0.04-0.17; sd ratio 0.967): mini-batch noise. Loose: the
+    # Laplace start is already 0.33 sd off, so this catches a run that drifts off, not a still one
     assert abs(float(res.get_samples()["mu"].mean()) - t.post_mean) < 1.0 * t.post_sd
 
 
