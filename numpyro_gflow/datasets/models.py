@@ -9,6 +9,8 @@ One owner for each: the tests import them from here (tests import nothing from
 * `diabetes_regression` (for `load_diabetes`) and its exact `diabetes_log_evidence`;
 * `correlated_logistic_data` / `correlated_logistic_model`: a logistic regression whose
   features correlate at ``rho`` (an ill-conditioned posterior);
+* `grouped_regression_data` / `grouped_regression`: a hierarchical regression with an optional
+  mini-batch plate;
 * MixFlow's 2-d targets (Xu, Chen & Campbell 2023) with exact samplers ``(rng, n) -> (n, 2)``:
   `banana`, `cross`, `funnel`, `warped_gaussian` and their ``*_exact``.
 """
@@ -37,6 +39,8 @@ __all__ = [
     "eight_schools_noncentered",
     "funnel",
     "funnel_exact",
+    "grouped_regression",
+    "grouped_regression_data",
     "logistic_regression",
     "warped_gaussian",
     "warped_gaussian_exact",
@@ -122,6 +126,30 @@ def correlated_logistic_model(X, y=None):
     w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
     with numpyro.plate("data", X.shape[0]):
         numpyro.sample("obs", dist.Bernoulli(logits=X @ w), obs=y)
+
+
+def grouped_regression_data(seed: int = 0, n: int = 500, num_groups: int = 10):
+    """Data for `grouped_regression`: group index (int32), predictor and response (float32),
+    ``n`` rows in ``num_groups`` groups (intercepts 1 + 0.7 N(0, 1), slope 0.5, noise 0.8)."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, num_groups, n)
+    x = rng.normal(size=n)
+    alpha = 1.0 + 0.7 * rng.normal(size=num_groups)
+    y = alpha[g] + 0.5 * x + 0.8 * rng.normal(size=n)
+    return jnp.asarray(g, jnp.int32), jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+
+
+def grouped_regression(g, x, y, batch=None, num_groups: int = 10):
+    """A hierarchical regression: ``y ~ Normal(alpha[g] + beta x, sigma)``, group intercepts
+    ``alpha ~ Normal(mu, tau)``; ``batch`` rows per step from a subsampled plate (None: all)."""
+    mu = numpyro.sample("mu", dist.Normal(0, 5))
+    tau = numpyro.sample("tau", dist.HalfNormal(2))
+    beta = numpyro.sample("beta", dist.Normal(0, 2))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(2))
+    with numpyro.plate("groups", num_groups):
+        alpha = numpyro.sample("alpha", dist.Normal(mu, tau))
+    with numpyro.plate("data", y.shape[0], subsample_size=batch) as idx:
+        numpyro.sample("y", dist.Normal(alpha[g[idx]] + beta * x[idx], sigma), obs=y[idx])
 
 
 # ------------------------------------------------------------ MixFlow's 2-d targets

@@ -6,7 +6,6 @@ Monte Carlo error of a mean is about 0.01 posterior sd.
     .venv/bin/python tests/data/make_hier_minibatch_nuts.py
 """
 
-import sys
 from pathlib import Path
 
 import jax
@@ -14,8 +13,8 @@ import numpy as np
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC, NUTS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engines"))
-from test_minibatch import hier_arrays, hier_model  # noqa: E402
+from numpyro_gflow.datasets.models import grouped_regression as hier_model
+from numpyro_gflow.datasets.models import grouped_regression_data as hier_arrays
 
 if __name__ == "__main__":
     mcmc = MCMC(NUTS(hier_model), num_warmup=2000, num_samples=10000, num_chains=4,

@@ -16,35 +16,14 @@ mean error over the 14 scalars in NUTS sds):
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import pytest
 
 import numpyro_gflow as gf
+from numpyro_gflow.datasets.models import grouped_regression as hier_model
+from numpyro_gflow.datasets.models import grouped_regression_data as hier_arrays
 
-N, J, BATCH = 500, 10, 50
-
-
-def hier_arrays():
-    rng = np.random.default_rng(0)
-    g = rng.integers(0, J, N)
-    x = rng.normal(size=N)
-    alpha = 1.0 + 0.7 * rng.normal(size=J)
-    y = alpha[g] + 0.5 * x + 0.8 * rng.normal(size=N)
-    return jnp.asarray(g, jnp.int32), jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
-
-
-def hier_model(g, x, y, batch=None):
-    mu = numpyro.sample("mu", dist.Normal(0, 5))
-    tau = numpyro.sample("tau", dist.HalfNormal(2))
-    beta = numpyro.sample("beta", dist.Normal(0, 2))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(2))
-    with numpyro.plate("groups", J):
-        alpha = numpyro.sample("alpha", dist.Normal(mu, tau))
-    with numpyro.plate("data", N, subsample_size=batch) as idx:
-        numpyro.sample("y", dist.Normal(alpha[g[idx]] + beta * x[idx], sigma), obs=y[idx])
+BATCH = 50
 
 
 @pytest.fixture(scope="module")

@@ -13,33 +13,16 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import optax
 from numpyro.infer import MCMC, NUTS
 
 import numpyro_gflow as gf
+from numpyro_gflow.datasets.models import grouped_regression as model
+from numpyro_gflow.datasets.models import grouped_regression_data
 
-N, J, BATCH = 500, 10, 50
-rng = np.random.default_rng(0)
-g = rng.integers(0, J, N)
-x = rng.normal(size=N)
-alpha_true = 1.0 + 0.7 * rng.normal(size=J)
-y = alpha_true[g] + 0.5 * x + 0.8 * rng.normal(size=N)
-g, x, y = jnp.asarray(g), jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
-
-
-def model(g, x, y, batch=None):
-    mu = numpyro.sample("mu", dist.Normal(0, 5))
-    tau = numpyro.sample("tau", dist.HalfNormal(2))
-    beta = numpyro.sample("beta", dist.Normal(0, 2))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(2))
-    with numpyro.plate("groups", J):
-        alpha = numpyro.sample("alpha", dist.Normal(mu, tau))
-    with numpyro.plate("data", N, subsample_size=batch) as idx:
-        numpyro.sample("y", dist.Normal(alpha[g[idx]] + beta * x[idx], sigma), obs=y[idx])
+BATCH = 50
+g, x, y = grouped_regression_data()     # 500 rows, 10 groups
 
 
 def errors(samples, ref):
