@@ -95,8 +95,10 @@ class CoinLAWGD(ParticleEngine):
         # there: coin betting's first bets are about one unit of its coordinates, which must
         # be about one posterior sd, not one unit of NumPyro's space (a posterior sd of 0.14
         # there sent 16 % of the particles out of the box in the first 5 steps, for good)
+        # (on the host: an eager jnp op would compile a program of its own)
         dtype = jnp.result_type(float)
-        coords = Affine.of(jnp.asarray(centre, dtype), jnp.diag(jnp.asarray(spread, dtype)))
+        coords = Affine(np.asarray(centre, dtype), np.diag(spread).astype(dtype),
+                        np.asarray(np.sum(np.log(spread)), dtype))
         u = (np.asarray(particles, np.float64) - centre) / spread
         box = np.full(d, float(BOX_SDS))
         t_u = target._replace(coords=coords)
