@@ -1,6 +1,6 @@
 """Every engine with its defaults on three posteriordb posteriors nobody tuned them for
-(kidiq, eight schools and arK's seven lighter engines in the default run; arK's four heaviest
-with ``make test-slow``).
+(kidiq, and arK's seven lighter engines, in the default run; arK's four heaviest and eight
+schools with ``make test-slow``).
 
 Short runs (100 steps): the floor of issue 17, that every engine ends finite and in the right
 region with the settings a user never changes. Bounds are loose by design (the posteriordb
@@ -52,8 +52,10 @@ HEAVY = ("SVNG", "IsoGaussianMixtureVI", "FBGVI", "MixFlow")
     # program and Laplace program (it was ~70 s: arK waited in `make test-slow`)
     pytest.param("arK-arK", tuple(e for e in ENGINES if e not in HEAVY), id="arK-light"),
     pytest.param("arK-arK", HEAVY, marks=pytest.mark.slow, id="arK-heavy"),
-    # eight schools, every engine: 50 s on two workers (the suite, 10:46 without it, has room)
-    pytest.param("eight_schools-eight_schools_noncentered", ENGINES, id="eight_schools")])
+    # eight schools: also with `make test-slow` (the default run has its mirrored-vs-unmirrored
+    # comparison, tests/engines/test_posteriordb_engines.py)
+    pytest.param("eight_schools-eight_schools_noncentered", ENGINES, marks=pytest.mark.slow,
+                 id="eight_schools")])
 def test_every_engine_default_ends_finite_near_the_posterior(name, engines):
     # one test per posterior (the model and its reference are loaded once; each engine still
     # compiles its own programs, most of the time this takes)
