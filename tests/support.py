@@ -336,3 +336,14 @@ def compilations() -> list:
 
 
 _REGISTERED = False
+
+
+def data_digest(*arrays) -> str:
+    """A short SHA-256 of arrays' bytes: what a cached reference in tests/data is keyed by (a
+    test refuses a reference made for other data)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(np.asarray(a)).tobytes())
+    return h.hexdigest()[:16]

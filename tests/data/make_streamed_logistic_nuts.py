@@ -15,8 +15,9 @@ import numpy as np
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC, NUTS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engines"))
-from test_streaming import REFERENCE, digest, full_model, make_data  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("engines", ".")]
+from support import data_digest  # noqa: E402
+from test_streaming import REFERENCE, full_model, make_data  # noqa: E402
 
 if __name__ == "__main__":
     X, y = make_data(10_000)
@@ -27,4 +28,4 @@ if __name__ == "__main__":
     theta = np.concatenate([np.asarray(s["b"])[..., None], np.asarray(s["w"])], -1)
     print("ESS", np.round(effective_sample_size(theta), 0))
     flat = theta.reshape(-1, theta.shape[-1]).astype(np.float64)
-    np.savez(REFERENCE, mean=flat.mean(0), sd=flat.std(0), digest=digest(X, y))
+    np.savez(REFERENCE, mean=flat.mean(0), sd=flat.std(0), digest=data_digest(X, y))

@@ -8,7 +8,7 @@ sd per coordinate.
     .venv/bin/python tests/data/make_svng_logistic_nuts.py
 """
 
-import hashlib
+import sys
 from pathlib import Path
 
 import jax
@@ -18,12 +18,8 @@ from numpyro.infer import MCMC, NUTS
 
 from numpyro_gflow.datasets.models import correlated_logistic_data, correlated_logistic_model
 
-
-def digest(*arrays):
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(np.asarray(a)).tobytes())
-    return h.hexdigest()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/, for support.py
+from support import data_digest  # noqa: E402
 
 
 if __name__ == "__main__":
@@ -36,4 +32,4 @@ if __name__ == "__main__":
     print("ESS", np.round(ess, 0))
     flat = w.reshape(-1, w.shape[-1])
     np.savez(Path(__file__).parent / "svng_logistic_nuts.npz", mean=flat.mean(0),
-             cov=np.cov(flat.T), min_ess=float(np.min(ess)), digest=digest(X, y))
+             cov=np.cov(flat.T), min_ess=float(np.min(ess)), digest=data_digest(X, y))

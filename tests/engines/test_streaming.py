@@ -7,7 +7,6 @@ by ``num_rows / batch_size``.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 
 import numpyro_gflow as gf
 from numpyro_gflow.bridge import ModelBridge
+from support import data_digest
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "streamed_logistic_nuts.npz"
 
@@ -44,13 +44,6 @@ def make_data(rows, dim=5, seed=0):
     w = rng.normal(size=dim)
     y = (rng.uniform(size=rows) < 1 / (1 + np.exp(-(0.3 + X @ w)))).astype(np.float32)
     return X, y
-
-
-def digest(*arrays):
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
 
 
 def test_one_epoch_of_streamed_gradients_averages_to_the_full_data_gradient():
@@ -108,7 +101,7 @@ def nuts_reference():
     5000 draws; mean and sd of (b, w), keyed by the data's digest)."""
     X, y = make_data(10_000)
     ref = np.load(REFERENCE)
-    assert str(ref["digest"]) == digest(X, y), (
+    assert str(ref["digest"]) == data_digest(X, y), (
         "the cached NUTS reference was made for other data: run "
         ".venv/bin/python tests/data/make_streamed_logistic_nuts.py")
     return ref["mean"], ref["sd"]

@@ -1,7 +1,6 @@
 """SVNG: its direction against the paper's formula, and its speed on an ill-conditioned
 posterior."""
 
-import hashlib
 from pathlib import Path
 
 import jax
@@ -17,6 +16,7 @@ from numpyro_gflow.core.svmd import svmd_direction
 
 # the set-up of benchmarks/experiments/svng_conditioning (numpyro_gflow.datasets.models)
 from support import correlated_logistic_data as make_data
+from support import data_digest
 from support import correlated_logistic_model as model
 
 
@@ -44,13 +44,6 @@ def test_full_spectrum_svng_direction_is_the_preconditioned_svgd_direction(kerne
         jax.config.update("jax_enable_x64", x64)
 
 
-def _digest(*arrays):
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(np.asarray(a)).tobytes())
-    return h.hexdigest()
-
-
 def _mahalanobis_mean_error(w, mean, chol):
     return float(np.linalg.norm(np.linalg.solve(chol, np.asarray(w).mean(0) - mean)))
 
@@ -63,7 +56,7 @@ def test_svng_beats_svgd_on_an_ill_conditioned_logistic_regression():
     X, y = make_data()
     # the NUTS reference, cached (tests/data/make_svng_logistic_nuts.py: 4 chains x 5000 draws)
     with np.load(Path(__file__).parents[1] / "data" / "svng_logistic_nuts.npz") as ref:
-        assert str(ref["digest"]) == _digest(X, y), "run tests/data/make_svng_logistic_nuts.py"
+        assert str(ref["digest"]) == data_digest(X, y), "run tests/data/make_svng_logistic_nuts.py"
         mean, cov, min_ess = ref["mean"], ref["cov"], float(ref["min_ess"])
     ev = np.linalg.eigvalsh(cov)
     assert ev[-1] / ev[0] >= 100
