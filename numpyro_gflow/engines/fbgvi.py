@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.infer.initialization import init_to_uniform
 
-from numpyro_gflow._validate import positive_float_or, positive_int
+from numpyro_gflow._validate import positive_float, positive_float_or, positive_int
 from numpyro_gflow.core.fbgvi import FBGVIState, init, moment_matched_draws, step
 from numpyro_gflow.core.numerics import (
     Affine,
@@ -77,6 +77,9 @@ class FBGVI(DensityEngine):
             understates the curvature elsewhere, and a single draw's Hessian could then make
             ``|I - h H| > 1`` and the covariance grow without bound (stochastic FB-GVI on eight
             schools did at step 7). On a ``beta``-smooth log-concave target the cap never binds.
+            The deterministic variant keeps a margin, ``h <= 0.8 / |lambda|_max``: at the cap's
+            edge it locked into 2-cycles (a logistic regression's mean jumping 0.1 sd every
+            step; `numpyro_gflow.core.fbgvi.CAP_MARGIN`).
             A number: that fixed ``h`` (schedule aside), no cap.
         stochastic: ``False`` (default): deterministic FB-GVI with a fixed antithetic set of
             ``num_mc_samples`` draws; ``True``: the paper's stochastic FB-GVI, one draw per step
@@ -112,6 +115,13 @@ class FBGVI(DensityEngine):
             the last iterate jumping about the fixed point by its noise; the average cancels
             most of it (benchmarks/experiments/minibatch_bias). The deterministic variant's
             iterates converge; averaging them would only slow it.
+        tol: the deterministic variant stops at its fixed point: once the distance left to it
+            (estimated from the last steps' moves and their contraction rate, in sds of the
+            fitted Gaussian; `numpyro_gflow.core.fbgvi.step`) is below ``tol`` for 5 steps in a
+            row, the remaining steps leave the fit unchanged and cost nothing (the trace stays
+            flat; ``result.state.core.count`` is the number of steps that moved). Default
+            ``1e-3``: far below the Monte Carlo error of any draws from the fit. ``None``: run
+            every step. The stochastic variant ignores it (its iterates never settle).
         init_strategy: NumPyro init strategy for the starting point.
 
     The result has the fitted Gaussian as a NumPyro guide (params ``fbgvi_loc``,
@@ -127,7 +137,7 @@ class FBGVI(DensityEngine):
     def __init__(self, model, *, step_size="auto", stochastic: bool = False,
                  num_mc_samples: int | None = None, hessian: str = "exact",
                  precondition: str | None = "auto", map_steps: int = 200,
-                 average="auto", init_strategy=init_to_uniform):
+                 average="auto", tol: float | None = 1e-3, init_strategy=init_to_uniform):
         super().__init__(model, init_strategy=init_strategy)
         self.step_size = positive_float_or("step_size", step_size, ("auto",))
         if hessian not in ("exact", "stein"):
@@ -149,6 +159,7 @@ class FBGVI(DensityEngine):
         if not isinstance(average, bool):
             raise TypeError(f"average must be 'auto' or a bool, got {average!r}")
         self.average = average
+        self.tol = positive_float("tol", tol, allow_none=True)
 
     def _minibatch_note(self):
         if self.stochastic:
@@ -192,7 +203,7 @@ class FBGVI(DensityEngine):
         core, info = step(state.core, coords.score_fn(target.score_fn()),
                           coords.hvp_fn(target.hvp_fn()), self.hessian, self.stochastic,
                           local_cap=self.step_size == "auto",
-                          average=AVERAGE_POWER if self.average else None)
+                          average=AVERAGE_POWER if self.average else None, tol=self.tol)
         # the ELBO in z: the entropy of q_z is that of q_u plus log |det scale|
         return state._replace(core=core), info._replace(elbo=info.elbo + coords.log_det)
 
