@@ -6,7 +6,7 @@ over the 14 scalars in sds of NUTS on all rows (1000 + 4000 draws), the worst sd
 wall time; then each site's (mean error / sd error). The numbers are in docs/scale.md
 ("Which settings converge on mini-batches") and tests/engines/test_minibatch.py.
 
-    .venv/bin/python benchmarks/experiments/minibatch_bias/probe.py fb fbavg fbdet svgd svgd2
+    .venv/bin/python benchmarks/experiments/minibatch_bias/probe.py fb fbavg fbdet svgd svgd2 svgdbw
 """
 
 import sys
@@ -84,6 +84,16 @@ def main(which):
             go(f"SVGD full {n}p 4000", gf.SVGD(model, num_particles=n), 4000, batch=None)
             go(f"SVGD mb {n}p decaying sgd 4000",
                gf.SVGD(model, num_particles=n, optimizer=decaying_sgd(4000)), 4000)
+    if "svgdbw" in which:   # the documented mini-batch setting: bandwidth 2 d, decaying step
+        d = gf.ModelBridge.from_model(model, g, x, y, batch=BATCH).dim
+        go("SVGD full data, bandwidth 2d", gf.SVGD(model, kernel=gf.RBFKernel(bandwidth=2.0 * d)),
+           2000, batch=None)
+        for k in range(1, 6):
+            go(f"SVGD mb bandwidth 2d decaying 10^4, key {k}",
+               gf.SVGD(model, kernel=gf.RBFKernel(bandwidth=2.0 * d),
+                       optimizer=decaying_sgd(10_000)), 10_000, key=k)
+        go("SVGD mb median decaying 10^4", gf.SVGD(model, optimizer=decaying_sgd(10_000)),
+           10_000)
 
 
 if __name__ == "__main__":
