@@ -67,8 +67,9 @@ def test_stochastic_fbgvi_on_minibatches_matches_full_data_nuts(nuts_moments):
 def test_svgd_on_minibatches_with_the_documented_settings_matches_full_data_nuts(nuts_moments):
     # docs/scale.md: a step decaying to 0.001 over 10^4 steps (the batch noise averages out)
     # and the kernel bandwidth fixed at 2 d in SVGD's Laplace-whitened coordinates (the squared
-    # distance between two draws of N(0, I_d)) instead of the median of the particles' own
-    # distances, which shrinks as they collapse (0.35 with the median, keys 1 and 3)
+    # distance between two draws of N(0, I_d); SVGD's default kernel since 2026-12-06, given
+    # explicitly here) instead of the median of the particles' own distances, which shrinks as
+    # they collapse (0.35 with the median, keys 1 and 3)
     data = hier_arrays()
     d = gf.ModelBridge.from_model(hier_model, *data, batch=BATCH).dim
     steps = 10_000
