@@ -61,9 +61,7 @@ class FBGVIState(NamedTuple):
     avg_cov: jax.Array      # (d, d) the last iterate where the step does not average
     change: jax.Array       # the last step's move, in sds of the Gaussian (`step`'s ``tol``)
     calm: jax.Array         # consecutive steps that met `step`'s ``tol``
-    last_elbo: jax.Array    # the last step's info, repeated by the steps `step` skips
-    last_h: jax.Array
-    last_min_eig: jax.Array
+    last: "FBGVIInfo"       # the last step's info, repeated by the steps `step` skips
 
 
 class FBGVIInfo(NamedTuple):
@@ -90,7 +88,7 @@ def init(mean, cov, step_size, alpha, draws, rng_key) -> FBGVIState:
     zero = jnp.zeros((), dtype)     # (change 0: no step yet, no contraction rate)
     return FBGVIState(mean, cov, jnp.zeros((), jnp.int32), jnp.asarray(step_size, dtype),
                       jnp.asarray(alpha, dtype), draws, rng_key, mean, cov,
-                      zero, jnp.zeros((), jnp.int32), zero, zero, zero)
+                      zero, jnp.zeros((), jnp.int32), FBGVIInfo(zero, zero, zero))
 
 
 #: consecutive steps that must meet `step`'s ``tol`` before the iteration counts as converged
@@ -169,7 +167,7 @@ def step(state: FBGVIState, score_fn, hvp_fn, hessian: str,
         return _step(state, score_fn, hvp_fn, hessian, stochastic, local_cap, average, None)
 
     def skip():
-        return state, FBGVIInfo(state.last_elbo, state.last_h, state.last_min_eig)
+        return state, state.last
 
     return jax.lax.cond(state.calm >= CALM_STEPS, skip,
                         lambda: _step(state, score_fn, hvp_fn, hessian, stochastic, local_cap,
@@ -199,8 +197,7 @@ def _step(state, score_fn, hvp_fn, hessian, stochastic, local_cap, average, tol)
         r = delta / state.change
         left = jnp.where(r < 1.0, delta * r / (1.0 - r), jnp.inf)   # (r nan/inf: first step)
         calm = (left <= tol) | (delta <= 0.01 * tol)
-        new = new._replace(change=delta, calm=jnp.where(calm, state.calm + 1, 0),
-                           last_elbo=info.elbo, last_h=h, last_min_eig=min_eig)
+        new = new._replace(change=delta, calm=jnp.where(calm, state.calm + 1, 0), last=info)
     return averaged(new, m_new, S_new, average), info
 
 
