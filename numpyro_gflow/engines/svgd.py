@@ -6,7 +6,7 @@ import optax
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_gflow._validate import check_flag
-from numpyro_gflow.core.kernels import IMQKernel, Kernel, RBFKernel
+from numpyro_gflow.core.kernels import Kernel
 from numpyro_gflow.core.optim import as_optimizer
 from numpyro_gflow.core.svgd import init, step
 from numpyro_gflow.engines.base import ParticleEngine
@@ -26,8 +26,8 @@ class SVGD(ParticleEngine):
         optimizer: any optax ``GradientTransformation`` (it receives ``-phi``).
         kernel: `RBFKernel` or `IMQKernel`. Default: an RBF kernel with bandwidth ``2 d`` in
             the Laplace-whitened coordinates (the squared distance of two posterior draws
-            there; `kernel_for`), the median heuristic with ``precondition=None``. Its
-            ``block_size`` picks the memory layout of the kernel sums:
+            there; `ParticleEngine.kernel_for`), the median heuristic with
+            ``precondition=None``. Its ``block_size`` picks the memory layout of the kernel sums:
             ``"auto"`` (default) is dense up to 8192 particles and row blocks of 512 above
             (peak memory linear in n, same numbers to float tolerance); ``None`` forces dense,
             an int sets the block, e.g. ``kernel=RBFKernel(block_size=1024)``.
@@ -71,35 +71,11 @@ class SVGD(ParticleEngine):
         if step_size is None and optimizer is None:
             step_size = 0.05
         self.optimizer = as_optimizer(step_size, optimizer)
-        if kernel is not None and not isinstance(kernel, (RBFKernel, IMQKernel)):
-            raise TypeError("kernel must be an RBFKernel or IMQKernel, "
-                            f"got {type(kernel).__name__}")
-        #: the kernel given, or None: `kernel_for` picks it per run
-        self.kernel = kernel
-
-    def kernel_for(self, dim: int) -> Kernel:
-        """The kernel of a run whose particles have ``dim`` coordinates: the one given, else
-        an RBF kernel whose bandwidth is ``2 * dim`` in the Laplace-whitened coordinates
-        (``precondition="laplace"``) and the median heuristic in NumPyro's (``None``).
-
-        Why not the median there: in the whitened coordinates two posterior draws are about
-        ``2 d`` apart in squared distance, whatever the model; the median heuristic instead
-        reads ``h`` off the particles' own distances, which shrink as SVGD's particles
-        collapse (its known variance underestimation), and the collapse feeds on itself.
-        Measured on posteriordb (2000 steps, 100 particles, seed 0): within NUTS accuracy
-        (means 0.1 sd, sds 10 %) on 11 of the 13 posteriors with ``2 d``, 0 of 13 with the
-        median (sds 8-700 % off; e.g. kidiq 0.059 sd / 17 % -> 0.024 / 1.2 %, Lotka-Volterra
-        0.26 / 36 % -> 0.07 / 9 %); eight schools (a funnel, no useful Laplace coordinates)
-        stays far off either way (1.6 vs 1.8 sd)."""
-        if self.kernel is not None:
-            return self.kernel
-        if self.precondition == "laplace":
-            return RBFKernel(bandwidth=2.0 * dim)
-        return RBFKernel()
+        self.kernel = self._checked_kernel(kernel)
 
     def _core_init(self, particles, rng_key, target):
         return init(particles, self.optimizer, rng_key)
 
     def _core_step(self, state, target):
-        return step(state, target.score_fn(), self.kernel_for(state.particles.shape[-1]),
+        return step(state, target.score_fn(), self._step_kernel(state.particles, target),
                     self.optimizer, with_ksd=self.trace_ksd)

@@ -60,10 +60,11 @@ def test_coin_svgd_matches_conjugate_gaussian(conjugate):
     res = gf.CoinSVGD(conjugate.model, num_particles=200).run(
         jax.random.key(0), 2000, conjugate.y, progress_bar=False)
     mean_err, sd_err = errors(res.get_samples()["x"], conjugate)
-    # measured max mean err 0.0014 sd (seeds 0-3: <= 0.0014; iid MC error 0.07), sd err 0.121
-    # (seeds 0-3: 0.118-0.123, all too narrow: finite-particle bias; within 20 % of 0.15). The
-    # Laplace start (0.10 / 0.22 off) fails the sd bound
-    assert mean_err < 0.1 and sd_err < 0.15, (mean_err, sd_err)
+    # measured max mean err 0.0016 sd (seeds 0-3: <= 0.0016; iid MC error 0.07), sd err 0.013
+    # (seeds 0-3: 0.012-0.014) with the default kernel (bandwidth 2 d in the Laplace
+    # coordinates); with the median heuristic 0.118-0.123, all too narrow (SVGD's variance
+    # collapse), which the sd bound fails, as does the Laplace start (0.10 / 0.22 off)
+    assert mean_err < 0.1 and sd_err < 0.05, (mean_err, sd_err)
 
 
 @pytest.mark.parametrize("scale", [100.0, 0.01])
@@ -102,19 +103,21 @@ def test_ksdd_decreases_ksd_monotonically_and_coin_ksdd_matches(conjugate):
 
 def test_ksdd_default_is_lbfgs_and_fits_the_conjugate_gaussian(conjugate):
     # no step size: the paper's L-BFGS (optax.lbfgs, zoom line search on F), in the default
-    # Laplace coordinates. Measured (500 steps, seeds 0-2): KSD^2 0.13-0.19 -> 0.0370 (the
-    # same fixed point, reached by step 140-270, each step a line-search descent), max mean
-    # err 1e-4 to 2e-4 sd, max sd err 0.111 (KSD descent's particles sit slightly inside the
-    # target: the fixed point, not noise). A run that did not move would keep the uniform
+    # Laplace coordinates with the default kernel there (RBF, fixed bandwidth 2 d: F is one
+    # function across steps). Measured (500 steps, seeds 0-2): KSD^2 0.11-0.17 -> 9.5e-5 to
+    # 9.8e-5, max mean err 1.7e-4 to 2.1e-4 sd, max sd err 0.017 (with the paper's IMQ kernel
+    # 0.111: KSD descent's particles sat inside the target). Near F's minimum a line-search
+    # step can "raise" F by float32 rounding: at most 5.7e-5 relative (1-2 steps of 500), so
+    # the monotonicity check allows 2e-4. A run that did not move would keep the uniform
     # start's ~0.2 sd mean error and 0.15 sd error.
     eng = gf.KSDD(conjugate.model, num_particles=100)
     assert isinstance(eng.optimizer, optax.GradientTransformationExtraArgs)
     res = eng.run(jax.random.key(0), 500, conjugate.y, progress_bar=False)
     trace = np.asarray(res.trace["ksd_sq"])
-    assert np.all(np.isfinite(trace)) and trace[-1] < 0.3 * trace[0], trace[[0, -1]]
-    assert np.all(np.diff(trace) <= 1e-5 * trace[:-1]), "the line search let F rise"
+    assert np.all(np.isfinite(trace)) and trace[-1] < 0.01 * trace[0], trace[[0, -1]]
+    assert np.all(np.diff(trace) <= 2e-4 * trace[:-1]), "the line search let F rise"
     mean_err, sd_err = errors(res.get_samples()["x"], conjugate)
-    assert mean_err < 0.01 and sd_err < 0.13, (mean_err, sd_err)
+    assert mean_err < 0.01 and sd_err < 0.05, (mean_err, sd_err)
 
 
 def test_coin_svgd_with_minibatches_converges(minibatch_target):

@@ -32,21 +32,31 @@ EARNINGS = "earnings-logearn_interaction"
 EIGHT_SCHOOLS = "eight_schools-eight_schools_noncentered"
 
 # (max |mean error| in reference sds, max sd relative error), per posterior; None: no bound.
-# Measured at 100 steps, seed 0 (worst engine in brackets; 1000 steps where STEPS_FOR says):
-# - kidiq (d = 5, correlations -0.99, flat priors): means <= 0.22 (SVMD), sds <= 0.25 (SVNG)
-#   except IsoGaussianMixtureVI, 3.3 sds / 99 %.
-# - arK (d = 7, an AR(5)): means <= 0.23 (SVNG), sds <= 0.75 (IsoGaussianMixtureVI).
-# - earnings (d = 5, log earnings on height ~66 in, not centred, x male): means <= 0.31 (SVMD,
-#   1000 steps), sds <= 0.27 (SVMD) except IsoGaussianMixtureVI, 19.6 sds / 99.8 %.
+# Measured at 100 steps, seed 0 (worst engine in brackets; 1000 steps where STEPS_FOR says),
+# with every Stein engine's default kernel (bandwidth 2 d in the Laplace coordinates):
+# - kidiq (d = 5, correlations -0.99, flat priors): means <= 0.053 (SVMD), sds <= 0.225
+#   (SVMD; the others <= 0.063) except IsoGaussianMixtureVI, 3.3 sds / 99.8 %.
+# - arK (d = 7, an AR(5)): means <= 0.072 (MixFlow), sds <= 0.084 (SVNG) except
+#   IsoGaussianMixtureVI, sds 75 %.
+# - earnings (d = 5, log earnings on height ~66 in, not centred, x male): means <= 0.036
+#   (MSVGD, 1000 steps), sds <= 0.059 (SVGD), except SVMD (0.36 / 26 %, 1000 steps) and
+#   IsoGaussianMixtureVI, 19.6 sds / 99.8 %.
 # - eight schools (d = 10, tau's half-Cauchy tail): means <= 4.8 (SVMD), sds <= 15 (SVMD);
 #   every Stein engine is far from NUTS here, so only a blow-up is caught.
+# With the median-heuristic kernels (the Stein engines' default before 2026-12-06) the worst
+# were 0.23 sd (SVNG, arK) and 25 % (SVNG, kidiq): the bounds, 4x the worst mean and 2x the
+# worst sd measured now, would not catch that collapse (test_svgd's and test_coin's conjugate
+# sd bounds do) but catch anything worse than it. SVMD's spread varies with the seed and the machine (below): its old bounds stay.
 # IsoGaussianMixtureVI without a preconditioner (the paper's isotropic family) collapses onto
 # the narrowest direction of a posterior whose correlations are -0.99 (its page says to use
 # preconditioner="adaptive" there; the 2000-step table has the same errors); the result
 # flags itself (the rule below).
-BOUNDS = {KIDIQ: (1.0, 1.0), ARK: (1.0, 1.5), EARNINGS: (1.0, 1.0), EIGHT_SCHOOLS: (10.0, None)}
+BOUNDS = {KIDIQ: (0.3, 0.5), ARK: (0.3, 0.5), EARNINGS: (0.3, 0.5), EIGHT_SCHOOLS: (10.0, None)}
 LOOSER = {(KIDIQ, "IsoGaussianMixtureVI"): (6.0, None),
+          (ARK, "IsoGaussianMixtureVI"): (1.0, 1.5),
           (EARNINGS, "IsoGaussianMixtureVI"): (30.0, None),
+          (KIDIQ, "SVMD"): (1.0, 1.0),
+          (ARK, "SVMD"): (1.0, 1.5),
           # SVMD's spread varies with the seed and the machine (below)
           (EARNINGS, "SVMD"): (1.0, 3.0)}
 
@@ -77,10 +87,11 @@ def _mirrored_on_earnings(post, res, err):
     # sigma > 0 takes the entropic map. In the paper's dual coordinates MSVGD ended 80
     # reference sds off and Coin MSVGD 930 (one step size cannot cross curvatures 1e7 apart);
     # the Laplace-whitened dual (msvgd.preconditioned) makes it ~N(0, I). Measured (1000 steps,
-    # 100 particles): max mean err 0.035 / 0.021 sd, max sd err 0.17 / 0.17 (SVGD's own
-    # variance shrinkage); bounds 0.15 sd (~1.5 standard errors of a 100-particle mean of iid
-    # draws) and 30 %.
-    return err["max_mean_err"] < 0.15 and err["max_sd_err"] < 0.3, err
+    # 100 particles, seeds 0-3): max mean err 0.026-0.037 / 0.003-0.006 sd, max sd err
+    # 0.022-0.024 / 0.024-0.027 with the default kernel (bandwidth 2 d there); with the median
+    # heuristic the sds were 17 % small (SVGD's variance collapse). Bounds: what posteriordb
+    # calls NUTS accuracy (0.1 sd, 10 %), ~3x the worst seed.
+    return err["max_mean_err"] < 0.1 and err["max_sd_err"] < 0.1, err
 
 
 def _svmd_on_earnings(post, res, err):
