@@ -46,7 +46,8 @@ EIGHT_SCHOOLS = "eight_schools-eight_schools_noncentered"
 # With the median-heuristic kernels (the Stein engines' default before 2026-12-06) the worst
 # were 0.23 sd (SVNG, arK) and 25 % (SVNG, kidiq): the bounds, 4x the worst mean and 2x the
 # worst sd measured now, would not catch that collapse (test_svgd's and test_coin's conjugate
-# sd bounds do) but catch anything worse than it. SVMD's spread varies with the seed and the machine (below): its old bounds stay.
+# sd bounds do) but catch anything worse than it. SVMD's spread varies with the seed and the
+# machine (below): its old bounds stay.
 # IsoGaussianMixtureVI without a preconditioner (the paper's isotropic family) collapses onto
 # the narrowest direction of a posterior whose correlations are -0.99 (its page says to use
 # preconditioner="adaptive" there; the 2000-step table has the same errors); the result
