@@ -333,9 +333,10 @@ def test_is_moments_check_passes_exact_draws_and_sees_a_tail_the_points_miss():
         light()
         numpyro.sample("h", dist.HalfCauchy(1.0))
 
+    bridges = {m: gf.ModelBridge.from_model(m) for m in (light, heavy)}   # compiled once each
+
     def verdict(model, z, key=0):
-        bridge = gf.ModelBridge.from_model(model)
-        res = gf.InferenceResult("SVGD", bridge, (), {}, jnp.asarray(z, jnp.float32), {})
+        res = gf.InferenceResult("SVGD", bridges[model], (), {}, jnp.asarray(z, jnp.float32), {})
         out = {"values": {}, "failed": [], "messages": {}, "skipped": {}}
         _is_moments_check(out, res, jax.random.key(key), res.unconstrained)
         return out
