@@ -323,7 +323,10 @@ def test_is_moments_check_passes_exact_draws_and_sees_a_tail_the_points_miss():
     # PSIS_SHIFT_MAX = 0.5; posteriordb's exact subsets: 0 of 440 on 11 posteriors). The heavy
     # scale's 100 quantile points (a perfectly spread particle set) are flagged: measured off
     # 0.83, the reweighted sd of h 5.9 times theirs (k_hat -0.16; `tails` flags them too).
-    from numpyro_gflow.diagnose import PSIS_SHIFT_MAX, _is_moments_check
+    # The same draws' `sd_k`, the Pareto k_hat of each scalar's weighted squared deviation
+    # (MOMENT_K_MAX = 1: no finite variance estimate): light part -0.32 to 0.15 over the 30
+    # seeds; h 2.43 (its sd is infinite).
+    from numpyro_gflow.diagnose import MOMENT_K_MAX, PSIS_SHIFT_MAX, _is_moments_check
 
     def light():
         numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
@@ -352,5 +355,7 @@ def test_is_moments_check_passes_exact_draws_and_sees_a_tail_the_points_miss():
     log_h = jnp.log(jnp.tan(jnp.pi * q / 2))
     z = jnp.concatenate([log_h[:, None], exact(0)], 1)
     out = verdict(heavy, z)
-    assert out["failed"] == ["is_moments"], out
+    assert sorted(out["failed"]) == ["is_moments", "sd_k"], out
     assert out["values"]["is_moments"] > PSIS_SHIFT_MAX and "of h " in out["messages"]["is_moments"]
+    # h has no finite sd: the second moment's importance estimate has k_hat >= 1 (sd_k)
+    assert out["values"]["sd_k"] >= MOMENT_K_MAX and "sd of h " in out["messages"]["sd_k"]

@@ -146,7 +146,8 @@ IS_DRAWS = 4000
 IS_DF = 5.0
 
 
-def is_shift(bridge, post, z: np.ndarray, key=jax.random.key(1)) -> tuple[float, float]:
+def is_shift(bridge, post, z: np.ndarray, key=jax.random.key(1),
+             wide: float = 1.0) -> tuple[float, float]:
     """Importance-sampling check of points ``z`` (n, d): a multivariate Student t (``IS_DF``
     degrees of freedom) with the points' mean and covariance as proposal, PSIS weights
     ``p / q``, and the constrained moments of the weighted draws against the points' own.
@@ -162,9 +163,16 @@ def is_shift(bridge, post, z: np.ndarray, key=jax.random.key(1)) -> tuple[float,
     g = np.asarray(jax.random.normal(k1, (IS_DRAWS, d)), np.float64)
     chi = np.asarray(jax.random.chisquare(k2, IS_DF, (IS_DRAWS,)), np.float64)
     u = g / np.sqrt(chi / IS_DF)[:, None]
+    if wide != 1.0:
+        # a defensive mixture: every other draw from the same t scaled by `wide`
+        u[1::2] *= wide
     draws = mean + u @ chol.T
     # log q up to a constant: -(df + d)/2 log(1 + |u|^2 / df)
     log_q = -0.5 * (IS_DF + d) * np.log1p(np.sum(u ** 2, 1) / IS_DF)
+    if wide != 1.0:
+        log_q_wide = (-0.5 * (IS_DF + d) * np.log1p(np.sum((u / wide) ** 2, 1) / IS_DF)
+                      - d * np.log(wide))
+        log_q = np.logaddexp(log_q, log_q_wide)
     log_p = np.asarray(bridge.batch_log_density_jit(np.asarray(draws, np.float32), post.args,
                                                     post.kwargs), np.float64)
     ok = np.isfinite(log_p)
@@ -186,7 +194,7 @@ def is_shift(bridge, post, z: np.ndarray, key=jax.random.key(1)) -> tuple[float,
     return k_hat, float(np.max(np.maximum(shift, np.abs(ratio - 1))))
 
 
-def main_is(names, sizes, points):
+def main_is(names, sizes, points, wide=1.0, fit_names=None):
     for name in names:
         post = posteriordb.load(name)
         bridge = _bridge(post)
@@ -199,16 +207,18 @@ def main_is(names, sizes, points):
         row = {}
         for n, reps in sizes:
             res = np.array([is_shift(bridge, post, ref[rng.choice(len(ref), n, replace=False)],
-                                     jax.random.key(i)) for i in range(reps)])
+                                     jax.random.key(i), wide) for i in range(reps)])
             flag = (res[:, 0] <= 0.7) & (res[:, 1] > 0.5)
             row[f"n{n}"] = {"flagged": float(flag.mean()), "k_ok": float(np.mean(res[:, 0] <= 0.7)),
                             "median_off": float(np.median(res[:, 1]))}
         if points:
             fits = {}
             for f in sorted(Path(points).glob(f"{name}__*.npz")):
+                if fit_names and f.stem.split("__")[1] not in fit_names:
+                    continue
                 with np.load(f) as dd:
                     z = dd["z"]
-                k, off = is_shift(bridge, post, z[:1000])
+                k, off = is_shift(bridge, post, z[:1000], wide=wide)
                 fits[f.stem.split("__")[1]] = (round(k, 2), round(off, 2))
             row["fits"] = fits
         print(name, json.dumps(row), flush=True)
