@@ -23,7 +23,10 @@ A user has no reference posterior to compare with, so every result checks itself
   says break it (for a Gaussian posterior the expectation under the points is minus the
   squared ratio of their spread to the posterior's); and importance sampling from a Student t
   around the points (`is_moments`): with reliable PSIS weights, how far the reweighted draws'
-  constrained means and sds are from the points' (a heavy tail the points do not reach).
+  constrained means and sds are from the points' (a heavy tail the points do not reach), and,
+  from the same weighted draws, whether each scalar's sd can be estimated at all (`sd_k`: the
+  Pareto k_hat of its importance-weighted squared deviation; at 1 or more its variance
+  estimate has no finite mean).
 
 ``run`` calls `diagnose` and warns with `UnreliableResultWarning` when a check fails.
 """
@@ -143,14 +146,16 @@ IS_DRAWS = 4000
 IS_DF = 5.0
 #: the same weighted draws, per latent scalar j: the Pareto k_hat of h_j r, where h_j is the
 #: squared deviation from the reweighted mean and r the importance ratio p / q (the
-#: function-specific k_hat of Vehtari et al. 2024, sec. 6: the tail that matters for the
-#: expectation of h_j). At k_hat >= 1 the importance estimate of j's variance has no finite
-#: mean: the posterior's tail in j is too heavy for an sd to be read off a few thousand draws
-#: (or the points miss that tail), so no sd the result reports for j can be trusted.
+#: function-specific k_hat of Vehtari et al. 2024, "Pareto smoothed importance sampling":
+#: the tail that matters for the expectation of h_j). At k_hat >= 1 the importance estimate
+#: of j's variance has no finite mean (more draws do not make it converge): the posterior's
+#: tail in j is too heavy for an sd to be read off a few thousand draws (or the points miss
+#: that tail), so no sd the result reports for j can be trusted.
 #: Calibration (tail_sd.py, 20 exact subsets of 100 per posterior): the largest k_hat over a
-#: posterior's scalars reached 1 only on one_comp (K_m, kurtosis 515: median 1.3, 90 % of
+#: posterior's scalars reached 1 only on one_comp (K_m, kurtosis 515: median 1.3, 80 % of
 #: subsets; every saved fit 1.13-1.53; NUTS's own 1000 draws are 15 % off in its sd there)
-#: and once in 20 on eight schools (1.03, tau); at most 0.68 on the other nine
+#: and once in 20 on eight schools (1.03); at most 0.68 on the other ten (garch
+#: not translatable)
 MOMENT_K_MAX = 1.0
 
 
