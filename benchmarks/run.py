@@ -101,6 +101,9 @@ class Fit:
     samples: Callable[[], dict]      # -> {site: (n, ...)} constrained, latent sites
     grad_evals: int
     note: str = ""
+    # numpyro_gflow engines: the result's own verdict (``result.diagnostics``: issue 18's
+    # self-diagnosis, run by ``run`` and timed with it, as a user waits for it)
+    verdict: dict | None = None
 
 
 class Engine:
@@ -179,7 +182,9 @@ class GflowEngine(Engine):
                 note.append(f"{self.grads_per_particle_step} grad evals per particle step")
             if grads is None:
                 note.append("grad evals not counted")
-            return Fit(res.unconstrained, samples, grads, ", ".join(note))
+            d = res.diagnostics
+            verdict = None if d is None else {"ok": bool(d["ok"]), "failed": list(d["failed"])}
+            return Fit(res.unconstrained, samples, grads, ", ".join(note), verdict)
 
         return run
 
@@ -447,6 +452,7 @@ class Reference:
             per_parameter=per_parameter,
             draws=x.shape[0],
             max_mean_err=float(mean_err.max()),
+            max_sd_err=float(sd_err.max()),
             median_mean_err=float(np.median(mean_err)),
             median_sd_err=float(np.median(sd_err)),
             energy=diagnostics.energy_distance(x, self.matrix, scale_by="y"),
@@ -456,8 +462,8 @@ class Reference:
 
 # ---------------------------------------------------------------------- the loop
 COLUMNS = ["model", "engine", "draws", "grad_evals", "compile_s", "run_s", "recompile_s",
-           "run_s_net", "recompiles", "max_mean_err", "median_mean_err", "median_sd_err", "energy",
-           "energy_baseline", "note", "error"]
+           "run_s_net", "recompiles", "max_mean_err", "median_mean_err", "median_sd_err",
+           "max_sd_err", "verdict", "energy", "energy_baseline", "note", "error"]
 
 
 SLOW_RUN_S = 10.0
@@ -483,7 +489,7 @@ def bench_one(bm: BenchModel, engine: Engine, cfg: Settings, ref: Reference,
         row.update(compile_s=max(t1 - t2, 0.0), run_s=t2, recompile_s=c2,
                    run_s_net=max(t2 - c2, 0.0),
                    recompiles="yes" if c2 > 0.1 else "no",
-                   grad_evals=fit.grad_evals, note=fit.note)
+                   grad_evals=fit.grad_evals, note=fit.note, verdict=fit.verdict)
         row.update(ref.score(fit.samples()))
     except Exception as e:  # a failing engine is a row, not a crash
         msg = f"{type(e).__name__}: {e}".replace("\n", " ").replace("|", "/")
@@ -503,13 +509,22 @@ def _fmt(v, digits=3):
     return str(v)
 
 
+def _verdict(v) -> str:
+    """A row's self-diagnosis as the table shows it: ok, the failed checks, or blank (an
+    engine that does not diagnose itself: NUTS, SVI, SteinVI)."""
+    if not v:
+        return ""
+    return "ok" if v["ok"] else "flagged: " + ", ".join(v["failed"])
+
+
 def markdown_table(rows) -> str:
     head = ("| model | engine | draws | grad evals | compile s | run s | recompiles | "
-            "max mean err | med mean err | med sd err | energy | baseline | note |")
-    lines = [head, "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+            "max mean err | med mean err | med sd err | max sd err | verdict | energy | "
+            "baseline | note |")
+    lines = [head, "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---|"]
     for r in rows:
         if r.get("error"):
-            lines.append(f"| {r['model']} | {r['engine']} | | | | | | | | | | | "
+            lines.append(f"| {r['model']} | {r['engine']} | | | | | | | | | | | | | "
                          f"**failed**: {r['error']} |")
             continue
         rec = "no" if r["recompiles"] == "no" else f"yes ({r['recompile_s']:.1f} s)"
@@ -517,6 +532,7 @@ def markdown_table(rows) -> str:
             r["model"], r["engine"], _fmt(r["draws"]), _fmt(r.get("grad_evals")) or "n/a",
             f"{r['compile_s']:.2f}", f"{r['run_s']:.2f}", rec,
             f"{r['max_mean_err']:.2f}", f"{r['median_mean_err']:.3f}", f"{r['median_sd_err']:.3f}",
+            _fmt(r.get("max_sd_err")), _verdict(r.get("verdict")),
             f"{r['energy']:.3g}", f"{r['energy_baseline']:.3g}", r.get("note", "")]) + " |")
     return "\n".join(lines)
 
@@ -645,6 +661,26 @@ def steinvi_jacobian_check(cfg: Settings) -> str:
             "are to be read with this in mind.")
 
 
+def verdict_counts(rows) -> str:
+    """Self-diagnosis against the table's errors (issue 18's bar): of the rows that judged
+    themselves, the wrong ones (a mean more than 0.5 reference sd off or an sd more than 50 %
+    off) and how many of them were flagged; the ones within 0.1 sd and 10 % and how many of
+    them passed."""
+    judged = [r for r in rows if r.get("verdict") and not r.get("error")]
+    if not judged:
+        return ""
+    wrong = [r for r in judged if r["max_mean_err"] > 0.5 or r["max_sd_err"] > 0.5]
+    good = [r for r in judged if r["max_mean_err"] <= 0.1 and r["max_sd_err"] <= 0.1]
+    missed = [f"{r['engine']} on {r['model']}" for r in wrong if r["verdict"]["ok"]]
+    alarms = [f"{r['engine']} on {r['model']} ({', '.join(r['verdict']['failed'])})"
+              for r in good if not r["verdict"]["ok"]]
+    return (f"Self-diagnosis: {len(judged)} rows judged themselves; {len(wrong)} are wrong "
+            f"(max mean err > 0.5 or max sd err > 0.5), {len(wrong) - len(missed)} of them "
+            f"flagged" + (f" (missed: {'; '.join(missed)})" if missed else "") + f"; "
+            f"{len(good)} are within 0.1 sd and 10 %, {len(good) - len(alarms)} of them ok"
+            + (f" (false alarms: {'; '.join(alarms)})" if alarms else "") + ".")
+
+
 def write_results(rows, out: Path, cfg: Settings, engines, model_names, quick, total_s, refs,
                   checks=()):
     import pandas as pd
@@ -679,7 +715,7 @@ def write_results(rows, out: Path, cfg: Settings, engines, model_names, quick, t
                   f"Reference: {how}{over}.")
     if checks:
         md += ["", "## Checks", ""] + [f"* {c}" for c in checks]
-    md += ["", "## Results", "", markdown_table(rows), "",
+    md += ["", "## Results", "", markdown_table(rows), "", verdict_counts(rows), "",
            "![energy distance vs run time](error_vs_time.png)", "",
            "## How to read the table", "",
            "* **draws**: size of the engine's sample (particles, NUTS draws, guide draws).",
@@ -691,7 +727,11 @@ def write_results(rows, out: Path, cfg: Settings, engines, model_names, quick, t
            "later run (the faster of two). **recompiles**: JAX compiled again during that run "
            "(time in brackets, included in run s; the plot's x axis is run s minus it).",
            "* **max / med mean err**: |mean - reference mean| in reference sds, max and median "
-           "over the scalar parameters; **med sd err**: median of |sd / reference sd - 1|.",
+           "over the scalar parameters; **med / max sd err**: median / max of |sd / "
+           "reference sd - 1|.",
+           "* **verdict**: the result's own checks (`result.diagnose()`, run by `run` and "
+           "inside its timing; docs/trust.md): ok, or the checks that failed. NUTS, SVI and "
+           "SteinVI do not diagnose themselves (blank).",
            "* **energy**: energy distance (V-statistic) to the reference draws, each "
            "coordinate scaled by the reference sd; **baseline**: what the same number of exact "
            "reference draws gets (mean of 5 random splits). It shrinks like 1/draws, so "
