@@ -308,7 +308,7 @@ def test_mcmc_kernel_gives_trajectories(banana_fit):
     vg = fit.target.value_and_grad(fit.dynamic)
     start = kernel.init(jax.random.split(jax.random.key(4), 2), 10)
     point = mf.FlowPoint(*start[:5])
-    step = jax.vmap(lambda q: mf.flow_map(q, fit.params, vg, fit.num_leapfrog)[0])
+    step = jax.jit(jax.vmap(lambda q: mf.flow_map(q, fit.params, vg, fit.num_leapfrog)[0]))
     for _ in range(10 + 40):
         point = step(point)
     np.testing.assert_allclose(point.x[:, 0], samples["x1"][:, -1], rtol=1e-5, atol=1e-5)

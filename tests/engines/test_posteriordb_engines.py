@@ -3,9 +3,9 @@
 The reference is posteriordb's: 10,000 draws (ESS ~9,000-10,000 per parameter), so its own
 Monte Carlo error is ~0.01 sd on a mean and ~0.7 % on an sd; an engine's 10,000 draws add as
 much. The default-run checks are regressions of failure modes fixed in issue 17;
-test_posteriordb_defaults.py runs every engine on two posteriors by default, four with make
+test_posteriordb_defaults.py runs every engine on kidiq by default, on four posteriors with make
 test-slow (with the claims on kidiq, FBGVI and MixFlow at NUTS accuracy, and on earnings, the
-mirrored engines' Laplace-whitened duals).
+mirrored engines' Laplace-whitened duals, also in the default run).
 """
 
 from __future__ import annotations
