@@ -546,8 +546,8 @@ def _is_moments_check(out, result, rng_key=None, z=None):
     off = np.maximum(shift, np.abs(ratio - 1.0))
     # h_j r up to a constant factor (k_hat is scale-free); draws with a non-finite density
     # carry r = 0
-    r = np.where(finite, np.exp(np.where(finite, log_p - log_q, -np.inf)
-                                - np.max(np.where(finite, log_p - log_q, -np.inf))), 0.0)
+    log_r = np.where(finite, log_p - log_q, -np.inf)
+    r = np.exp(log_r - np.max(log_r))
     h = (xd[:, varying] - m_w[varying]) ** 2 * r[:, None]
     with np.errstate(all="ignore"):
         k_sd = np.asarray(array_stats.pareto_khat(h.T[:, None, :], r_eff=1.0, tail="right"),
@@ -558,7 +558,7 @@ def _is_moments_check(out, result, rng_key=None, z=None):
     _check(out, "sd_k", float(k_sd[j]), k_sd[j] < MOMENT_K_MAX,
            f"{engine}: the posterior sd of {heavy} cannot be estimated here: importance "
            f"sampling around the points gives its second moment a Pareto k_hat of "
-           f"{k_sd[j]:.2f} >= {MOMENT_K_MAX} (its tail is too heavy for a sd read off a few "
+           f"{k_sd[j]:.2f} >= {MOMENT_K_MAX} (its tail is too heavy for an sd read off a few "
            "thousand draws, or the points miss that tail); report its median and quantiles, "
            "not mean +- sd")
     worst = int(np.argmax(off))
