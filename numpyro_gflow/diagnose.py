@@ -50,6 +50,7 @@ __all__ = [
     "IS_DRAWS",
     "KSD_ALPHA",
     "MIN_ESS",
+    "MOMENT_K_MAX",
     "PARETO_K_MAX",
     "PSIS_SHIFT_MAX",
     "SPREAD_MAX",
@@ -522,7 +523,9 @@ def _is_moments_check(out, result, rng_key=None, z=None):
     if finite.sum() < IS_DRAWS // 2:
         out["skipped"]["is_moments"] = "the model's density is not finite at most proposal draws"
         return
-    log_w, k_hat = psis(np.where(finite, log_p - log_q, -1e30))
+    # a draw with a non-finite density gets weight 0 (and r = 0 below)
+    log_r = np.where(finite, log_p - log_q, -1e30)
+    log_w, k_hat = psis(log_r)
     if not k_hat <= PARETO_K_MAX:
         out["skipped"]["is_moments"] = (f"the importance weights are unreliable (k_hat "
                                         f"{k_hat:.2f} > {PARETO_K_MAX})")
@@ -544,9 +547,7 @@ def _is_moments_check(out, result, rng_key=None, z=None):
         shift = np.where(varying, np.abs(x.mean(0) - m_w) / sd_w, 0.0)
         ratio = np.where(varying, x.std(0, ddof=1) / sd_w, 1.0)
     off = np.maximum(shift, np.abs(ratio - 1.0))
-    # h_j r up to a constant factor (k_hat is scale-free); draws with a non-finite density
-    # carry r = 0
-    log_r = np.where(finite, log_p - log_q, -np.inf)
+    # h_j r up to a constant factor (k_hat is scale-free)
     r = np.exp(log_r - np.max(log_r))
     h = (xd[:, varying] - m_w[varying]) ** 2 * r[:, None]
     with np.errstate(all="ignore"):
