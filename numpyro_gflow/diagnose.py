@@ -22,8 +22,10 @@ A user has no reference posterior to compare with, so every result checks itself
   coordinate (`spread`): points spread wider or narrower than the model's own curvature
   says break it (for a Gaussian posterior the expectation under the points is minus the
   squared ratio of their spread to the posterior's); and importance sampling from a Student t
-  around the points (`is_moments`): with reliable PSIS weights, how far the reweighted draws'
-  constrained means and sds are from the points' (a heavy tail the points do not reach), and,
+  around the points, mixed with one around each high-density end of the `modes` climbs away
+  from them (`is_moments`): with reliable PSIS weights, how far the reweighted draws'
+  constrained means and sds are from the points' (a heavy tail the points do not reach, a
+  mode they under-weight), and,
   from the same weighted draws, whether each scalar's sd can be estimated at all (`sd_k`: the
   Pareto k_hat of its importance-weighted squared deviation; at 1 or more its variance
   estimate has no finite mean).
@@ -145,6 +147,9 @@ KSD_MAX_PARTICLES = 2000
 #: saved points (SVGD, MixFlow, IsoMix-adaptive, the mean-field MixFlow): off <= 0.12
 IS_DRAWS = 4000
 IS_DF = 5.0
+#: a climb's end (the `modes` check's) this far from the points' mean, in the points' own
+#: covariance, centres a second t of the proposal (see `_is_moments_check`)
+IS_MODE_DISTANCE = 3.0
 #: the same weighted draws, per latent scalar j: the Pareto k_hat of h_j r, where h_j is the
 #: squared deviation from the reweighted mean and r the importance ratio p / q (the
 #: function-specific k_hat of Vehtari et al. 2024, "Pareto smoothed importance sampling":
@@ -296,10 +301,10 @@ def diagnose(result, rng_key=None, num_draws: int = 1000) -> dict:
         else:
             _particle_checks(out, result, rng_key, z)
         # on the result's points (the particles, or a density engine's end-of-run draws)
-        _mode_check(out, result, rng_key, z, lp)
+        modes = _mode_check(out, result, rng_key, z, lp)
         _tails_check(out, result)
         _spread_check(out, result, z)
-        _is_moments_check(out, result, rng_key, z)
+        _is_moments_check(out, result, rng_key, z, modes)
     out["ok"] = not out["failed"]
     return out
 
@@ -354,15 +359,15 @@ def _mode_check(out, result, rng_key, z, point_lp):
     n, d = z.shape
     if n < KSD_MIN_PARTICLES:
         out["skipped"]["modes"] = f"{n} points: too few to tell what they cover"
-        return
+        return None
 
-    r_modes, mode_lp, r_points = result.bridge.program(
+    ends, r_modes, mode_lp, r_points = result.bridge.program(
         ("mode_distances", MODE_STEPS, MODE_STARTS), _mode_distances, args, kwargs)(rng_key, z)
     mode_lp, r_modes = np.asarray(mode_lp), np.asarray(r_modes)
     ok = np.isfinite(mode_lp) & np.isfinite(r_modes)
     if not ok.any():
         out["skipped"]["modes"] = "no climb from a uniform start ended at a finite density"
-        return
+        return None
     high = mode_lp >= np.median(point_lp)
     uncovered = int(np.sum(ok & high & (r_modes > np.max(np.asarray(r_points)))))
     _check(out, "modes", uncovered, uncovered == 0,
@@ -370,6 +375,8 @@ def _mode_check(out, result, rng_key, z, point_lp):
            "point of high posterior density outside every point of the result: the posterior "
            "has a mode the result does not cover; use a family with several components "
            "(IsoGaussianMixtureVI) or more particles spread wider")
+    # where the climbs of high density ended: `_is_moments_check` centres proposals there
+    return np.asarray(ends, np.float64)[ok & high]
 
 
 def _tails_check(out, result):
@@ -471,9 +478,9 @@ def _tail_influence(x):
 
 
 def _mode_distances(bridge, args, kwargs, rng_key, z):
-    """(`ModelBridge.program`) Climbs from `MODE_STARTS` uniform starts in (-2, 2)^d: the
-    Mahalanobis distances of where they end and of the points ``z`` from the points' mean, and
-    the log density where they end."""
+    """(`ModelBridge.program`) Climbs from `MODE_STARTS` uniform starts in (-2, 2)^d: where
+    they end, the Mahalanobis distances of those ends and of the points ``z`` from the points'
+    mean, and the log density at the ends."""
     def log_p(x):
         return bridge.log_density(x, args, kwargs)
 
@@ -486,13 +493,18 @@ def _mode_distances(bridge, args, kwargs, rng_key, z):
         return jnp.linalg.norm(jax.scipy.linalg.solve_triangular(L, (x - mean).T,
                                                                   lower=True), axis=0)
 
-    return dist(modes), jax.vmap(log_p)(modes), dist(z)
+    return modes, dist(modes), jax.vmap(log_p)(modes), dist(z)
 
 
-def _is_moments_check(out, result, rng_key=None, z=None):
+def _is_moments_check(out, result, rng_key=None, z=None, modes=None):
     """`IS_DRAWS` draws of a Student t around the points (default: the result's), PSIS-weighted
     to the posterior: their constrained moments against the points' (see `IS_DRAWS`), and
-    whether each scalar's sd can be estimated at all (see `MOMENT_K_MAX`)."""
+    whether each scalar's sd can be estimated at all (see `MOMENT_K_MAX`). ``modes`` (m, d):
+    where climbs of high density ended (`_mode_check`); those more than `IS_MODE_DISTANCE`
+    from the points' mean and from each other centre a t of their own (same scale), an
+    equal-weight mixture, so that mass on a mode the points under-weight is seen (particles
+    98 to 2 on two equal modes: the points' t alone reaches the second mode too rarely for
+    reliable weights)."""
     from arviz_stats.base.array import array_stats
 
     engine = result.engine
@@ -514,9 +526,15 @@ def _is_moments_check(out, result, rng_key=None, z=None):
     rng = np.random.default_rng([*np.asarray(jax.random.key_data(rng_key)).ravel().tolist(), 17])
     chi = rng.chisquare(IS_DF, IS_DRAWS)
     u = rng.standard_normal((IS_DRAWS, d)) / np.sqrt(chi / IS_DF)[:, None]
-    draws = mean + u @ chol.T
-    # log q up to a constant (the weights are normalised)
-    log_q = -0.5 * (IS_DF + d) * np.log1p(np.sum(u ** 2, axis=1) / IS_DF)
+    centres = _proposal_centres(mean, chol, modes)
+    # the centres share the draws evenly (stratified: the balance heuristic's estimate of a
+    # uniform mixture); one centre is the points' own t
+    shift = centres[np.arange(IS_DRAWS) % len(centres)]
+    draws = shift + u @ chol.T
+    # log q up to a constant (the weights are normalised): the mixture's, over its centres
+    maha = np.stack([np.sum(np.linalg.solve(chol, (draws - c).T) ** 2, axis=0)
+                     for c in centres]) if len(centres) > 1 else np.sum(u ** 2, axis=1)[None]
+    log_q = _logsumexp(-0.5 * (IS_DF + d) * np.log1p(maha / IS_DF), axis=0)
     bridge = result.bridge
     log_p, constrained = _in_batches_of(n, draws.astype(np.asarray(z).dtype), result)
     finite = np.isfinite(log_p)
@@ -570,6 +588,21 @@ def _is_moments_check(out, result, rng_key=None, z=None):
            "points do not describe the posterior there (a tail they do not reach, or a set "
            "too narrow or off-centre); read quantiles rather than sds, use more points, or "
            "another engine (MixFlow, FBGVI)")
+
+
+def _proposal_centres(mean, chol, modes):
+    """The points' mean, then each of ``modes`` more than `IS_MODE_DISTANCE` (Mahalanobis, in
+    the points' covariance with Cholesky factor ``chol``) from every centre kept before it."""
+    centres = [mean]
+    for m in () if modes is None else modes:
+        if all(np.linalg.norm(np.linalg.solve(chol, m - c)) > IS_MODE_DISTANCE for c in centres):
+            centres.append(m)
+    return np.stack(centres)
+
+
+def _logsumexp(a, axis):
+    top = np.max(a, axis=axis, keepdims=True)
+    return np.squeeze(top, axis) + np.log(np.sum(np.exp(a - top), axis=axis))
 
 
 def _in_batches_of(n, draws, result):

@@ -153,13 +153,16 @@ def test_mixflow_sample_many_is_vmapped_sample():
         return jax.value_and_grad(lambda x: -0.5 * jnp.sum(prec * x**2))(x)
 
     params = mf.MixFlowParams(jnp.zeros(d), jnp.ones(d), 0.2 * jnp.ones(d), None, None)
-    for m in (1, 70, 300):      # one chunk, one padded chunk, several padded chunks
-        keys = jax.random.split(jax.random.key(m), m)
-        one = jax.vmap(lambda k: mf.sample(k, params, vg, 40, 5))(keys)
-        many = mf.sample_many(keys, params, vg, 40, 5)
-        np.testing.assert_allclose(many.x, one.x, atol=1e-4)
-        np.testing.assert_allclose(many.log_p, one.log_p, rtol=1e-4, atol=1e-4)
-        np.testing.assert_array_equal(many.u, one.u)
+    # each key's own draw, once for all keys (a draw depends on its key only; vmap(sample)
+    # costs 3-5 s per batch shape)
+    keys = jax.random.split(jax.random.key(3), 258)
+    one = jax.vmap(lambda k: mf.sample(k, params, vg, 40, 5))(keys)
+    assert mf.SAMPLE_CHUNK_MIN == 256 and mf.SAMPLE_CHUNKS == 4
+    for m in (70, 258):     # one chunk; four chunks of 65, the first with 2 padding draws
+        many = mf.sample_many(keys[:m], params, vg, 40, 5)
+        np.testing.assert_allclose(many.x, one.x[:m], atol=1e-4)
+        np.testing.assert_allclose(many.log_p, one.log_p[:m], rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(many.u, one.u[:m])
 
 
 def test_fbgvi_iterate_average_weights_iterate_j_like_j_cubed():

@@ -62,10 +62,24 @@ def main(argv=None):
             v = row["verdict"]
             report = {"ok": True, "values": dict(v["values"]), "failed": list(v["failed"]),
                       "messages": {}, "skipped": {}}
-            for name in args.checks.split(","):
-                report["values"].pop(name, None)
-                report["failed"] = [f for f in report["failed"] if f != name]
-                getattr(dg, f"_{name}_check")(report, res)
+            checks = args.checks.split(",")
+            extra = {}
+            if "is_moments" in checks:
+                # its proposal is centred on the points and on the mode check's climbs
+                z = jax.numpy.asarray(res.unconstrained)
+                scratch = {"values": {}, "failed": [], "messages": {}, "skipped": {}}
+                extra["modes"] = dg._mode_check(scratch, res, key, z,
+                                                np.asarray(res.log_density()))
+            for name in checks:
+                # the is_moments check also writes sd_k
+                names = (name, "sd_k") if name == "is_moments" else (name,)
+                for nm in names:
+                    report["values"].pop(nm, None)
+                report["failed"] = [f for f in report["failed"] if f not in names]
+                if name == "is_moments":
+                    dg._is_moments_check(report, res, None, None, extra["modes"])
+                else:
+                    getattr(dg, f"_{name}_check")(report, res)
             report["ok"] = not report["failed"]
         else:
             report = dg.diagnose(res, key)
