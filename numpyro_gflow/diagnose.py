@@ -526,14 +526,14 @@ def _is_moments_check(out, result, rng_key=None, z=None, modes=None):
     rng = np.random.default_rng([*np.asarray(jax.random.key_data(rng_key)).ravel().tolist(), 17])
     chi = rng.chisquare(IS_DF, IS_DRAWS)
     u = rng.standard_normal((IS_DRAWS, d)) / np.sqrt(chi / IS_DF)[:, None]
-    centres = _proposal_centres(mean, chol, modes)
+    centres, white = _proposal_centres(mean, chol, modes)
     # the centres share the draws evenly (stratified: the balance heuristic's estimate of a
     # uniform mixture); one centre is the points' own t
-    shift = centres[np.arange(IS_DRAWS) % len(centres)]
-    draws = shift + u @ chol.T
-    # log q up to a constant (the weights are normalised): the mixture's, over its centres
-    maha = np.stack([np.sum(np.linalg.solve(chol, (draws - c).T) ** 2, axis=0)
-                     for c in centres]) if len(centres) > 1 else np.sum(u ** 2, axis=1)[None]
+    which = np.arange(IS_DRAWS) % len(centres)
+    draws = centres[which] + u @ chol.T
+    # log q up to a constant (the weights are normalised): the mixture's, over its centres.
+    # Whitened (L^-1), draw i from centre a sits at u_i + w_a - w_k from centre k
+    maha = np.stack([np.sum((u + white[which] - wk) ** 2, axis=1) for wk in white])
     log_q = _logsumexp(-0.5 * (IS_DF + d) * np.log1p(maha / IS_DF), axis=0)
     bridge = result.bridge
     log_p, constrained = _in_batches_of(n, draws.astype(np.asarray(z).dtype), result)
@@ -592,12 +592,18 @@ def _is_moments_check(out, result, rng_key=None, z=None, modes=None):
 
 def _proposal_centres(mean, chol, modes):
     """The points' mean, then each of ``modes`` more than `IS_MODE_DISTANCE` (Mahalanobis, in
-    the points' covariance with Cholesky factor ``chol``) from every centre kept before it."""
-    centres = [mean]
-    for m in () if modes is None else modes:
-        if all(np.linalg.norm(np.linalg.solve(chol, m - c)) > IS_MODE_DISTANCE for c in centres):
-            centres.append(m)
-    return np.stack(centres)
+    the points' covariance with Cholesky factor ``chol``) from every centre kept before it.
+    Returns the centres (k, d) and their whitened offsets ``L^-1 (c - mean)`` (k, d)."""
+    d = mean.shape[0]
+    centres, white = [mean], [np.zeros(d)]
+    if modes is not None and len(modes):
+        linv = np.linalg.inv(chol)       # once: O(d^3); each mode is then a product
+        for m in modes:
+            w = linv @ (m - mean)
+            if all(np.linalg.norm(w - v) > IS_MODE_DISTANCE for v in white):
+                centres.append(m)
+                white.append(w)
+    return np.stack(centres), np.stack(white)
 
 
 def _logsumexp(a, axis):

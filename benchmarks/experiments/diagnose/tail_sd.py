@@ -294,7 +294,7 @@ def main_is_with_modes(names, reps=20):
             zz = np.asarray(z, np.float64)
             chol = np.linalg.cholesky(np.atleast_2d(np.cov(zz, rowvar=False))
                                       + 1e-9 * np.eye(zz.shape[1]))
-            centred += len(dg._proposal_centres(zz.mean(0), chol, modes)) > 1
+            centred += len(dg._proposal_centres(zz.mean(0), chol, modes)[0]) > 1
             dg._is_moments_check(out, res, key, z, modes)
             failed += "is_moments" in out["failed"]
             offs.append(out["values"].get("is_moments", np.nan))
