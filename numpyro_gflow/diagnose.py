@@ -50,6 +50,7 @@ __all__ = [
     "ON_RUN",
     "IS_DF",
     "IS_DRAWS",
+    "IS_MODE_DISTANCE",
     "KSD_ALPHA",
     "MIN_ESS",
     "MOMENT_K_MAX",
