@@ -160,6 +160,10 @@ class _Worker:
     def start(self, names, tmp_factory=None):
         self.order = [n for n in dict.fromkeys(names) if n in JOBS]
         self.tmp_factory, self.t0 = tmp_factory, time.perf_counter()
+        if self.order and tmp_factory is not None:
+            # pytest makes its base temporary folder on first use, not thread-safely: make it
+            # here, before the worker and the tests' tmp_path can both reach for it
+            tmp_factory.getbasetemp()
         if self.order and self.thread is None:
             self.thread = threading.Thread(target=self._loop, name="background-jobs",
                                            daemon=True)
@@ -178,7 +182,16 @@ class _Worker:
                 if self.stopping or j.state != "queued":
                     continue
                 j.state = "running"
-            j.execute("background", self._workdir(name))
+            try:
+                workdir = self._workdir(name)
+            except BaseException as e:
+                # handed to the job's test (which raises it) instead of ending this thread
+                # with the job marked running: its test would wait for it forever (seen once:
+                # a run of test_docs.py hung after a PytestUnhandledThreadExceptionWarning)
+                j.where, j.outcome, j.state = "background", e, "done"
+                j.done.set()
+                continue
+            j.execute("background", workdir)
 
     def stop(self):
         """End of the session: nothing new starts, a child still running is killed."""
