@@ -218,9 +218,9 @@ def is_shift(bridge, post, z: np.ndarray, key=jax.random.key(1),
     return k_hat, float(np.max(np.maximum(shift, np.abs(ratio - 1)))), float(k_sd.max())
 
 
-def main_sd_k(names, reps=20):
-    """`sd_k` (diagnose's MOMENT_K_MAX check) on ``reps`` exact subsets of 100 per posterior:
-    the share of subsets with reliable weights and sd_k >= 1, and sd_k's quantiles."""
+def _translatable(names):
+    """``(name, posterior, bridge, unconstrained reference draws)`` for each posterior whose
+    reference keeps every latent site of its model (garch's keeps beta1, not beta1_raw)."""
     for name in names:
         post = posteriordb.load(name)
         bridge = _bridge(post)
@@ -229,6 +229,13 @@ def main_sd_k(names, reps=20):
         except KeyError as e:
             print(name, "skipped: the reference has no", e, flush=True)
             continue
+        yield name, post, bridge, ref
+
+
+def main_sd_k(names, reps=20):
+    """`sd_k` (diagnose's MOMENT_K_MAX check) on ``reps`` exact subsets of 100 per posterior:
+    the share of subsets with reliable weights and sd_k >= 1, and sd_k's quantiles."""
+    for name, post, bridge, ref in _translatable(names):
         rng = np.random.default_rng(0)
         res = np.array([is_shift(bridge, post, ref[rng.choice(len(ref), 100, replace=False)],
                                  jax.random.key(i), with_sd_k=True) for i in range(reps)])
@@ -275,14 +282,7 @@ def main_is_with_modes(names, reps=20):
     import numpyro_gflow as gf
     from numpyro_gflow import diagnose as dg
 
-    for name in names:
-        post = posteriordb.load(name)
-        bridge = _bridge(post)
-        try:
-            ref = reference_unconstrained(post, bridge)
-        except KeyError as e:
-            print(name, "skipped: the reference has no", e, flush=True)
-            continue
+    for name, post, bridge, ref in _translatable(names):
         rng = np.random.default_rng(0)
         failed, centred, offs = 0, 0, []
         for i in range(reps):
