@@ -41,6 +41,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import logsumexp
 
 from numpyro_gflow.core.kernels import IMQKernel, ksd_test
 from numpyro_gflow.core.numerics import climb
@@ -535,7 +536,7 @@ def _is_moments_check(out, result, rng_key=None, z=None, modes=None):
     # log q up to a constant (the weights are normalised): the mixture's, over its centres.
     # Whitened (L^-1), draw i from centre a sits at u_i + w_a - w_k from centre k
     maha = np.stack([np.sum((u + white[which] - wk) ** 2, axis=1) for wk in white])
-    log_q = _logsumexp(-0.5 * (IS_DF + d) * np.log1p(maha / IS_DF), axis=0)
+    log_q = logsumexp(-0.5 * (IS_DF + d) * np.log1p(maha / IS_DF), axis=0)
     bridge = result.bridge
     log_p, constrained = _in_batches_of(n, draws.astype(np.asarray(z).dtype), result)
     finite = np.isfinite(log_p)
@@ -605,11 +606,6 @@ def _proposal_centres(mean, chol, modes):
                 centres.append(m)
                 white.append(w)
     return np.stack(centres), np.stack(white)
-
-
-def _logsumexp(a, axis):
-    top = np.max(a, axis=axis, keepdims=True)
-    return np.squeeze(top, axis) + np.log(np.sum(np.exp(a - top), axis=axis))
 
 
 def _in_batches_of(n, draws, result):
