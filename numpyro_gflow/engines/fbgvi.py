@@ -77,9 +77,9 @@ class FBGVI(DensityEngine):
             understates the curvature elsewhere, and a single draw's Hessian could then make
             ``|I - h H| > 1`` and the covariance grow without bound (stochastic FB-GVI on eight
             schools did at step 7). On a ``beta``-smooth log-concave target the cap never binds.
-            The deterministic variant keeps a margin, ``h <= 0.8 / |lambda|_max``: at the cap's
-            edge it locked into 2-cycles (a logistic regression's mean jumping 0.1 sd every
-            step; `numpyro_gflow.core.fbgvi.CAP_MARGIN`).
+            The deterministic variant keeps a margin, ``h <= 0.5 / |lambda|_max``: nearer the
+            cap's edge it locked into 2-cycles (a logistic regression's mean jumping 0.1 sd
+            every step; `numpyro_gflow.core.fbgvi.CAP_MARGIN`).
             A number: that fixed ``h`` (schedule aside), no cap.
         stochastic: ``False`` (default): deterministic FB-GVI with a fixed antithetic set of
             ``num_mc_samples`` draws; ``True``: the paper's stochastic FB-GVI, one draw per step

@@ -68,7 +68,7 @@ def test_deterministic_fbgvi_settles_on_its_fixed_point():
     # 1 / |lambda|_max of each step's Hessian estimate; at that edge the deterministic map
     # locked into a 2-cycle (the estimate moves with the covariance that h makes: h 0.80 /
     # 0.46, the mean jumping 0.08-0.13 posterior sd at every step, so the answer depended on
-    # the parity of num_steps). Now it keeps h <= 0.8 / |lambda|_max (core.fbgvi.CAP_MARGIN).
+    # the parity of num_steps). Now it keeps h <= 0.5 / |lambda|_max (core.fbgvi.CAP_MARGIN).
     # Measured: step 100 -> 101 moves 4e-7 sd (0.08-0.13 before).
     from numpyro_gflow.datasets import load_breast_cancer
     from numpyro_gflow.datasets.models import logistic_regression
@@ -80,6 +80,13 @@ def test_deterministic_fbgvi_settles_on_its_fixed_point():
     r101 = every.run(key, 1, X, y=y, init_state=r100.state, progress_bar=False)
     assert int(r100.state.core.count) == 100
     assert _moved(r100, r101) < 1e-3
+    # and with the default tol it stops there, whatever the run's key: with keys 0-7 the
+    # steps that moved were 33-37 (with a margin of 0.8: 22-32 on five keys, 79, 207, and
+    # one that cycled to the end)
+    fbgvi_default = gf.FBGVI(logistic_regression)
+    moved = [int(fbgvi_default.run(jax.random.key(k), 300, X, y=y, progress_bar=False,
+                                   diagnose=False).state.core.count) for k in range(8)]
+    assert max(moved) < 60, moved
 
 
 def test_stochastic_fbgvi_with_decreasing_steps():
@@ -121,8 +128,9 @@ def test_covariance_stays_spd_on_an_ill_conditioned_gaussian_in_float32():
     # deterministic: measured max rel. error 4.2e-5 (sd 0.40), 0 at sd 0.01: float32 round-off;
     # 1 % is a convergence/fixed-point check, not noise
     np.testing.assert_allclose(sds[1:], scales[1:], rtol=1e-2)
-    # the widest direction contracts at 1 - h lambda_min = 1 - 1e-4 per step: measured 0.93
-    assert 0.85 < float(sds[0]) <= 1.0
+    # the widest direction contracts at 1 - h lambda_min per step (h = CAP_MARGIN / lambda_max
+    # = 0.5e-4: the cap binds): measured 0.795 from a start of 0.02 (0.93 with a margin of 0.8)
+    assert 0.75 < float(sds[0]) <= 1.0
 
 
 def test_laplace_preconditioning_converges_where_the_plain_iteration_cannot():
