@@ -98,7 +98,9 @@ class InferenceResult:
     Attributes:
         engine: the engine's name.
         unconstrained: (n, d) flat points in NumPyro's unconstrained space (particles, or the
-            engine's representative draws).
+            engine's representative draws); given as a function of no arguments, they are
+            made when first read (MixFlow: its draws cost seconds, and a user who asks for
+            fresh ones with ``get_samples(n, key)`` need not wait for them).
         trace: dict of per-step arrays (length ``num_steps``), the engine's objective among them.
         state: the engine's final state (a NamedTuple), to continue or inspect.
         bridge: the `ModelBridge` the engine ran on.
@@ -126,7 +128,7 @@ class InferenceResult:
         self.bridge = bridge
         self.model_args = model_args
         self.model_kwargs = model_kwargs
-        self.unconstrained = unconstrained
+        self._unconstrained = unconstrained
         # optional per-step diagnostics that were not asked for are None: left out
         self.trace = {k: np.asarray(v) for k, v in trace.items() if v is not None}
         self.state = state
@@ -151,6 +153,17 @@ class InferenceResult:
         self.status = "ok"
         #: steps the trace covers
         self.num_steps = len(next(iter(self.trace.values()), []))
+
+    @property
+    def unconstrained(self) -> jax.Array:
+        if callable(self._unconstrained):
+            self._unconstrained = self._unconstrained()
+        return self._unconstrained
+
+    @unconstrained.setter
+    def unconstrained(self, value):
+        self._unconstrained = value
+        self._samples = None
 
     @property
     def num_samples(self) -> int:

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.scipy.special import ndtri
 
 from numpyro_gflow.core.numerics import gaussian_log_density, lower_factor
 
@@ -62,13 +63,19 @@ __all__ = [
     "reference_gaussian",
     "flow_map",
     "inverse_flow_map",
+    "U_MIN",
+    "reference_uniforms",
+    "start",
     "sample_reference",
+    "sample_references",
     "log_reference",
     "sample",
+    "sample_from",
     "sample_many",
     "log_density",
     "elbo",
     "inversion_error",
+    "inversion_error_at",
     "acceptance",
     "point",
 ]
@@ -174,15 +181,46 @@ def inverse_flow_map(p: FlowPoint, params: MixFlowParams, value_and_grad: Callab
 
 
 # ---------------------------------------------------------------------------- reference q0
-def sample_reference(rng_key, params: MixFlowParams, value_and_grad: Callable) -> FlowPoint:
-    k_x, k_rho, k_u = jax.random.split(rng_key, 3)
+#: `reference_uniforms` keeps its uniforms in [U_MIN, 1 - U_MIN] (the normal and Laplace scores
+#: they map to stay finite)
+U_MIN = 1e-7
+
+
+def reference_uniforms(rng_key, num: int, dim: int, dtype=jnp.float32):
+    """``(num, 2 dim + 2)`` uniforms, each row all the randomness of one draw of the MixFlow:
+    ``x``'s normal scores, ``rho``'s Laplace scores, ``u`` and the flow length ``K``
+    (`start`). One call to the random-bit generator for all draws: under ``jax.jit`` every
+    call site of ``jax.random`` compiles its own copy of the generator (about 0.15 s each on a
+    CPU), and a draw made the plain way (split, normal, uniform, uniform) had six."""
+    return jax.random.uniform(rng_key, (num, 2 * dim + 2), dtype, minval=U_MIN,
+                              maxval=1.0 - U_MIN)
+
+
+def start(w, params: MixFlowParams, value_and_grad: Callable, flow_length: int = 1
+          ) -> tuple[FlowPoint, jax.Array]:
+    """``z0 ~ q0`` and ``K ~ U{0..N-1}`` (``N = flow_length``) from one row ``w`` of
+    `reference_uniforms`: ``x = loc + L Phi^{-1}(w[:d])``, ``rho = F^{-1}(w[d:2d])`` (``F`` the
+    Laplace CDF), ``u = w[2d]``, ``K = floor(N w[2d+1])``."""
     d = params.loc.shape[-1]
-    dtype = params.loc.dtype
-    noise = jax.random.normal(k_x, (d,), dtype)
+    noise = ndtri(w[:d])
     x = params.loc + (params.scale * noise if params.scale_tril is None
                       else params.scale_tril @ noise)
-    rho = laplace_icdf(jax.random.uniform(k_rho, (d,), dtype, minval=1e-7, maxval=1 - 1e-7))
-    return point(x, rho, jax.random.uniform(k_u, (), dtype), value_and_grad)
+    rho = laplace_icdf(w[d:2 * d])
+    n = jnp.minimum(jnp.floor(w[2 * d + 1] * flow_length), flow_length - 1).astype(jnp.int32)
+    return point(x, rho, w[2 * d], value_and_grad), n
+
+
+def sample_reference(rng_key, params: MixFlowParams, value_and_grad: Callable) -> FlowPoint:
+    """One draw ``z0 ~ q0`` (`start` of one row of `reference_uniforms`)."""
+    w = reference_uniforms(rng_key, 1, params.loc.shape[-1], params.loc.dtype)[0]
+    return start(w, params, value_and_grad)[0]
+
+
+def sample_references(rng_key, num: int, params: MixFlowParams, value_and_grad: Callable
+                      ) -> FlowPoint:
+    """``num`` draws of ``q0`` (batched ``FlowPoint``), from one `reference_uniforms` call."""
+    w = reference_uniforms(rng_key, num, params.loc.shape[-1], params.loc.dtype)
+    return jax.vmap(lambda r: start(r, params, value_and_grad)[0])(w)
 
 
 def log_reference(p: FlowPoint, params: MixFlowParams):
@@ -200,13 +238,23 @@ def log_target(p: FlowPoint):
 
 
 # ---------------------------------------------------------------------------- the three operations
+def _advance(p: FlowPoint, n, params, value_and_grad, num_leapfrog) -> FlowPoint:
+    return lax.fori_loop(0, n, lambda _, q: flow_map(q, params, value_and_grad, num_leapfrog)[0], p)
+
+
+def sample_from(w, params: MixFlowParams, value_and_grad: Callable, flow_length: int,
+                num_leapfrog: int) -> FlowPoint:
+    """The draw ``T^K z0`` that one row ``w`` of `reference_uniforms` makes (`start`)."""
+    p, n = start(w, params, value_and_grad, flow_length)
+    return _advance(p, n, params, value_and_grad, num_leapfrog)
+
+
 def sample(rng_key, params: MixFlowParams, value_and_grad: Callable, flow_length: int,
            num_leapfrog: int) -> FlowPoint:
-    """One draw of the MixFlow: ``T^K z0`` with ``K ~ U{0..N-1}``, ``z0 ~ q0`` (vmap for many)."""
-    k_n, k_0 = jax.random.split(rng_key)
-    n = jax.random.randint(k_n, (), 0, flow_length)
-    p = sample_reference(k_0, params, value_and_grad)
-    return lax.fori_loop(0, n, lambda _, q: flow_map(q, params, value_and_grad, num_leapfrog)[0], p)
+    """One draw of the MixFlow: ``T^K z0`` with ``K ~ U{0..N-1}``, ``z0 ~ q0``
+    (`sample_many` for many)."""
+    w = reference_uniforms(rng_key, 1, params.loc.shape[-1], params.loc.dtype)[0]
+    return sample_from(w, params, value_and_grad, flow_length, num_leapfrog)
 
 
 #: `sample_many` splits this many draws or more into `SAMPLE_CHUNKS` sequential chunks
@@ -214,31 +262,31 @@ SAMPLE_CHUNK_MIN = 256
 SAMPLE_CHUNKS = 4
 
 
-def sample_many(rng_keys, params: MixFlowParams, value_and_grad: Callable, flow_length: int,
-                num_leapfrog: int) -> FlowPoint:
-    """`sample` for each key of ``rng_keys`` (the same draws), at about half the cost of
-    ``vmap(sample)``: a vmapped loop runs every draw for the largest ``K``, ``N`` maps, where a
-    draw needs ``K ~ U{0..N-1}``. Here the draws are sorted by ``K`` and advanced in
-    `SAMPLE_CHUNKS` sequential chunks (from `SAMPLE_CHUNK_MIN` draws on), each only as far as
-    its own largest ``K``: ``(C + 1) / 2C`` of the maps for ``C`` chunks (5/8 for 4). More
-    chunks save little more and cost a loop iteration per map each, which on cheap models is
-    most of the time."""
-    m = rng_keys.shape[0]
-    pair = jax.vmap(jax.random.split)(rng_keys)
-    n = jax.vmap(lambda k: jax.random.randint(k, (), 0, flow_length))(pair[:, 0])
-    p0 = jax.vmap(lambda k: sample_reference(k, params, value_and_grad))(pair[:, 1])
+def sample_many(rng_key, num_samples: int, params: MixFlowParams, value_and_grad: Callable,
+                flow_length: int, num_leapfrog: int) -> FlowPoint:
+    """``num_samples`` i.i.d. draws: `sample_from` of each row of ``reference_uniforms(rng_key,
+    num_samples, ...)`` (the same draws), at about half the cost of a vmapped loop, which runs
+    every draw for the largest ``K``, ``N`` maps, where a draw needs ``K ~ U{0..N-1}``. Here the
+    draws are sorted by ``K`` and advanced in `SAMPLE_CHUNKS` sequential chunks (from
+    `SAMPLE_CHUNK_MIN` draws on), each only as far as its own largest ``K``: ``(C + 1) / 2C``
+    of the maps for ``C`` chunks (5/8 for 4). More chunks save little more and cost a loop
+    iteration per map each, which on cheap models is most of the time."""
+    m = num_samples
+    w = reference_uniforms(rng_key, m, params.loc.shape[-1], params.loc.dtype)
     chunks = SAMPLE_CHUNKS if m >= SAMPLE_CHUNK_MIN else 1
     size = -(-m // chunks)
     pad = chunks * size - m
+    n = jnp.minimum(jnp.floor(w[:, -1] * flow_length), flow_length - 1).astype(jnp.int32)
     order = jnp.argsort(n)
-    idx = jnp.concatenate([jnp.zeros(pad, order.dtype), order])     # padding: K = 0, no maps
+    # padding rows: copies of the first draw with K = 0 (no maps), dropped at the end
+    idx = jnp.concatenate([jnp.zeros(pad, order.dtype), order])
     n_sorted = jnp.concatenate([jnp.zeros(pad, n.dtype), n[order]]).reshape(chunks, size)
-    p_sorted = jax.tree_util.tree_map(
-        lambda a: a[idx].reshape((chunks, size) + a.shape[1:]), p0)
+    w_sorted = w[idx].reshape(chunks, size, w.shape[-1])
+    one_start = jax.vmap(lambda r: start(r, params, value_and_grad)[0])
     one_map = jax.vmap(lambda q: flow_map(q, params, value_and_grad, num_leapfrog)[0])
 
     def run_chunk(args):
-        p, k = args
+        w, k = args
 
         def body(t, q):
             moved = one_map(q)
@@ -247,9 +295,9 @@ def sample_many(rng_keys, params: MixFlowParams, value_and_grad: Callable, flow_
                 lambda a, b: jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
                 moved, q)
 
-        return lax.fori_loop(0, jnp.max(k), body, p)
+        return lax.fori_loop(0, jnp.max(k), body, one_start(w))
 
-    out = lax.map(run_chunk, (p_sorted, n_sorted))
+    out = lax.map(run_chunk, (w_sorted, n_sorted))
     inverse = jnp.argsort(order)
     return jax.tree_util.tree_map(
         lambda a: a.reshape((chunks * size,) + a.shape[2:])[pad:][inverse], out)
@@ -277,10 +325,9 @@ def log_density(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
     return acc - jnp.log(flow_length)
 
 
-def _trajectory_terms(rng_key, params, value_and_grad, flow_length, num_leapfrog):
+def _trajectory_terms(z0: FlowPoint, params, value_and_grad, flow_length, num_leapfrog):
     """``log pibar(z_n) - log q_N(z_n)`` for ``z_n = T^n z0``, n < N, from one z0 ~ q0."""
     N = flow_length
-    z0 = sample_reference(rng_key, params, value_and_grad)
 
     def back(carry, _):
         q, cum = carry
@@ -311,9 +358,9 @@ def elbo(rng_key, params: MixFlowParams, value_and_grad: Callable, flow_length: 
          num_leapfrog: int, num_samples: int):
     """Unbiased ELBO estimate (augmented space) and its standard error, ``num_samples`` draws
     of ``z0``, each contributing its whole trajectory (``N`` terms for ``3N - 2`` flow maps)."""
-    terms = jax.vmap(lambda k: jnp.mean(_trajectory_terms(k, params, value_and_grad, flow_length,
-                                                          num_leapfrog)))(
-        jax.random.split(rng_key, num_samples))
+    starts = sample_references(rng_key, num_samples, params, value_and_grad)
+    terms = jax.vmap(lambda z0: jnp.mean(_trajectory_terms(z0, params, value_and_grad,
+                                                           flow_length, num_leapfrog)))(starts)
     return jnp.mean(terms), jnp.std(terms) / jnp.sqrt(num_samples)
 
 
@@ -322,7 +369,13 @@ def inversion_error(rng_key, params: MixFlowParams, value_and_grad: Callable, nu
     """max |z - T^{-n} T^n z| over the coordinates of (x, rho, u), for one z ~ q0.
 
     ``u`` is compared on the circle (it lives modulo 1)."""
-    z = sample_reference(rng_key, params, value_and_grad)
+    return inversion_error_at(sample_reference(rng_key, params, value_and_grad), params,
+                              value_and_grad, num_maps, num_leapfrog)
+
+
+def inversion_error_at(z: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
+                       num_maps: int, num_leapfrog: int):
+    """`inversion_error` from a given point ``z``."""
     fwd = lax.fori_loop(0, num_maps,
                         lambda _, q: flow_map(q, params, value_and_grad, num_leapfrog)[0], z)
     back = lax.fori_loop(0, num_maps,

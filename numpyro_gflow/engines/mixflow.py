@@ -25,7 +25,7 @@ from numpyro_gflow.core.mixflow import (
     acceptance,
     elbo,
     flow_map,
-    inversion_error,
+    inversion_error_at,
     log_density,
     log_laplace,
     laplace_icdf,
@@ -34,9 +34,10 @@ from numpyro_gflow.core.mixflow import (
     reference_step,
     sample_many,
     sample_reference,
+    sample_references,
 )
 from numpyro_gflow.core.numerics import NEWTON_STEPS, best_laplace, spread_starts
-from numpyro_gflow.engines.base import DensityEngine, Target
+from numpyro_gflow.engines.base import DensityEngine, Target, fold_key
 from numpyro_gflow.engines.driver import compile_engine
 from numpyro_gflow.engines.mcmc import KernelAdapter
 from numpyro_gflow.result import InferenceResult, LazyStats, latent_guide
@@ -50,6 +51,10 @@ __all__ = [
 #: extra starting points (uniform in (-2, 2), unconstrained) of the full-rank reference's
 #: Laplace mode search, beside the init strategy's point (`numerics.best_laplace`)
 LAPLACE_STARTS = 7
+
+#: the result's keys (step-size tuning, ELBO, draws, inversion check): the run's key folded
+#: with RESULT_KEY + 0 .. 3
+RESULT_KEY = 0x3F10
 
 
 class _StaticTarget(NamedTuple):
@@ -95,16 +100,15 @@ class _Unhashable(tuple):
 
 @partial(jax.jit, static_argnames=("target", "flow_length", "num_leapfrog", "num_samples"))
 def _jit_sample(rng_key, params, dynamic, target, flow_length, num_leapfrog, num_samples):
-    return sample_many(jax.random.split(rng_key, num_samples), params,
-                       target.value_and_grad(dynamic), flow_length, num_leapfrog)
+    return sample_many(rng_key, num_samples, params, target.value_and_grad(dynamic),
+                       flow_length, num_leapfrog)
 
 
 @partial(jax.jit, static_argnames=("target", "flow_length", "num_leapfrog", "num_samples"))
 def _jit_log_ratios(rng_key, params, dynamic, target, flow_length, num_leapfrog, num_samples):
     # fresh draws of the flow and log pibar - log q_N at each (augmented space: x, rho, u)
     vg = target.value_and_grad(dynamic)
-    p = sample_many(jax.random.split(rng_key, num_samples), params, vg, flow_length,
-                    num_leapfrog)
+    p = sample_many(rng_key, num_samples, params, vg, flow_length, num_leapfrog)
     log_q = jax.vmap(lambda q: log_density(q, params, vg, flow_length, num_leapfrog))(p)
     return p.x, p.log_p + log_laplace(p.rho) - log_q
 
@@ -128,8 +132,8 @@ def _jit_elbo(rng_key, params, dynamic, target, flow_length, num_leapfrog, num_s
 @partial(jax.jit, static_argnames=("target", "num_maps", "num_leapfrog", "num_samples"))
 def _jit_inversion_error(rng_key, params, dynamic, target, num_maps, num_leapfrog, num_samples):
     vg = target.value_and_grad(dynamic)
-    return jax.vmap(lambda k: inversion_error(k, params, vg, num_maps, num_leapfrog))(
-        jax.random.split(rng_key, num_samples))
+    return jax.vmap(lambda z: inversion_error_at(z, params, vg, num_maps, num_leapfrog))(
+        sample_references(rng_key, num_samples, params, vg))
 
 
 @partial(jax.jit, static_argnames=("target", "flow_length", "num_leapfrog", "num_samples"))
@@ -151,8 +155,7 @@ def _jit_tune_acceptance(rng_key, params, candidates, dynamic, target, num_leapf
     """Mean acceptance probability (and SE) of one map's leapfrog from draws of q0, per
     candidate step size (the same draws for all)."""
     vg = target.value_and_grad(dynamic)
-    starts = jax.vmap(lambda k: sample_reference(k, params, vg))(
-        jax.random.split(rng_key, num_samples))
+    starts = sample_references(rng_key, num_samples, params, vg)
 
     def one(s):
         a = jax.vmap(lambda p: acceptance(p, params._replace(step_size=s * params.step_size), vg,
@@ -228,8 +231,8 @@ class MixFlow(DensityEngine):
             0.005 full rank).
         step_size_grid: the candidates of ``"auto"`` (default: 0.005 to 1.28, factors of sqrt 2).
         num_tune_samples: draws of ``z0`` per candidate step size (the same for all).
-        num_draws: draws made at the end of the run (``result.get_samples()``), and of the
-            final ELBO estimate.
+        num_draws: the draws ``result.get_samples()`` returns (made when first read: a
+            draw costs up to ``N`` maps), and of the final ELBO estimate.
         step_scale: ``"reference"`` (default): the leapfrog step of each coordinate is
             ``step_size`` times the reference's sd there (like a diagonal mass matrix);
             ``"unit"``: the same ``step_size`` in every coordinate, as the authors' code
@@ -358,8 +361,10 @@ class MixFlow(DensityEngine):
     def _result(self, state, info, target: Target, rng_key) -> InferenceResult:
         bridge, args, kwargs = target.bridge, target.model_args, target.model_kwargs
         target, dynamic = _split(bridge, args, kwargs)
-        loc, scale, tril, finite, (k_tune, k_elbo, k_draw, k_inv) = _reference_parts(state,
-                                                                                     rng_key)
+        loc, scale, tril, finite = _reference_parts(state)
+        # the result's four keys by the one compiled fold-in every engine shares (a program of
+        # its own that splits a key compiles the random-bit generator: ~0.2 s)
+        k_tune, k_elbo, k_draw, k_inv = (fold_key(rng_key, RESULT_KEY + i) for i in range(4))
         if not bool(finite):
             raise FloatingPointError(
                 f"MixFlow: the {'full-rank' if tril is not None else 'mean-field'} reference fit "
@@ -428,9 +433,9 @@ class MixFlow(DensityEngine):
         stats = LazyStats(stats, [(("elbo", "elbo_se"), elbo),
                                   (("reference_elbo", "reference_elbo_se"), reference_elbo),
                                   (("inversion_error",), inversion_error)])
-        draws = flow.sample(k_draw, self.num_draws)
         return InferenceResult(
-            type(self).__name__, bridge, args, kwargs, draws.x, info._asdict(), state=state,
+            type(self).__name__, bridge, args, kwargs,
+            lambda: flow.sample(k_draw, self.num_draws).x, info._asdict(), state=state,
             objective=self.objective, sampler=lambda key, n: flow.sample(key, n).x,
             guide=latent_guide(bridge, _mixflow_latent(flow)), params={},
             log_q=flow.marginal_log_density, elbo_fn=flow.elbo, stats=stats, flow=flow,
@@ -629,10 +634,10 @@ class MixFlowKernel(KernelAdapter):
 
 
 @jax.jit
-def _reference_parts(state, rng_key):
-    """The fitted reference ``(loc, scale, tril)``, whether it is finite, and the result's four
-    keys, in one compiled program."""
+def _reference_parts(state):
+    """The fitted reference ``(loc, scale, tril)`` and whether it is finite, in one compiled
+    program."""
     loc, scale, tril = reference_gaussian(state)
     arrays = (loc, scale) + (() if tril is None else (tril,))
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
-    return loc, scale, tril, finite, tuple(jax.random.split(jax.random.fold_in(rng_key, 7), 4))
+    return loc, scale, tril, finite

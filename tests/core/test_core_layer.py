@@ -141,9 +141,10 @@ def test_laplace_on_a_plain_log_density():
 
 def test_mixflow_sample_many_is_vmapped_sample():
     # the chunked sampler (draws sorted by flow length, each chunk advanced only as far as its
-    # longest) gives every key the same draw as `sample` itself: same maps, same order. The
-    # dynamics are chaotic, so float32 round-off from a different batch shape may grow over
-    # up to N = 40 maps; positions agree to 1e-4 here (measured 2e-7 at N = 100, d = 3)
+    # longest) gives every row of its uniforms the same draw as `sample_from` itself: same
+    # maps, same order. The dynamics are chaotic, so float32 round-off from a different batch
+    # shape may grow over up to N = 40 maps; positions agree to 1e-4 here (measured 2e-7 at
+    # N = 100, d = 3)
     from numpyro_gflow.core import mixflow as mf
 
     d = 3
@@ -153,16 +154,20 @@ def test_mixflow_sample_many_is_vmapped_sample():
         return jax.value_and_grad(lambda x: -0.5 * jnp.sum(prec * x**2))(x)
 
     params = mf.MixFlowParams(jnp.zeros(d), jnp.ones(d), 0.2 * jnp.ones(d), None, None)
-    # each key's own draw, once for all keys (a draw depends on its key only; vmap(sample)
-    # costs 3-5 s per batch shape)
-    keys = jax.random.split(jax.random.key(3), 258)
-    one = jax.vmap(lambda k: mf.sample(k, params, vg, 40, 5))(keys)
+    key = jax.random.key(3)
     assert mf.SAMPLE_CHUNK_MIN == 256 and mf.SAMPLE_CHUNKS == 4
-    for m in (70, 258):     # one chunk; four chunks of 65, the first with 2 padding draws
-        many = mf.sample_many(keys[:m], params, vg, 40, 5)
-        np.testing.assert_allclose(many.x, one.x[:m], atol=1e-4)
-        np.testing.assert_allclose(many.log_p, one.log_p[:m], rtol=1e-4, atol=1e-4)
-        np.testing.assert_array_equal(many.u, one.u[:m])
+    # one vmapped loop over the rows of both draws' uniforms (vmap(sample_from) costs 3-5 s
+    # per batch shape)
+    w = jnp.concatenate([mf.reference_uniforms(key, m, d) for m in (70, 258)])
+    one = jax.vmap(lambda r: mf.sample_from(r, params, vg, 40, 5))(w)
+    ks = jnp.minimum(jnp.floor(w[:, -1] * 40), 39)
+    assert 0 <= int(ks.min()) <= 2 and 37 <= int(ks.max()) <= 39   # K spans 0..N-1
+    for m, rows in ((70, slice(0, 70)), (258, slice(70, None))):
+        # one chunk; four chunks of 65, the first with 2 padding draws
+        many = mf.sample_many(key, m, params, vg, 40, 5)
+        np.testing.assert_allclose(many.x, one.x[rows], atol=1e-4)
+        np.testing.assert_allclose(many.log_p, one.log_p[rows], rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(many.u, one.u[rows])
 
 
 def test_fbgvi_iterate_average_weights_iterate_j_like_j_cubed():

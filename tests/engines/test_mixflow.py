@@ -207,9 +207,12 @@ def test_density_integrates_to_one_and_matches_samples(banana_fit):
     log_q = flow.marginal_log_density(jnp.asarray(grid, jnp.float32), jax.random.key(3), num_aux=64)
     cell = (edges[0][1] - edges[0][0]) * (edges[1][1] - edges[1][0])
     mass = np.exp(np.asarray(log_q)).reshape(n, n) * cell
-    # measured 0.9988 (fit keys 0-2 x two draw/aux keys: 0.998-1.015: the 64-draw auxiliary
-    # average inside log q plus quadrature); a log q off by 0.02 nats everywhere already fails
-    assert abs(mass.sum() - 1.0) < 0.02, mass.sum()
+    # measured 1.023 here; 0.974-1.052 over fit keys 0-2 x three draw/aux keys (2026-12-07,
+    # with the grid from the draws or a fixed one): the 64-draw auxiliary average inside
+    # log q is heavy-tailed (one flow, one grid, three aux keys: 0.987 / 1.052 / 0.998), so
+    # 0.02 (measured on six pairs before) was luck. A log q off by 0.06 nats everywhere fails;
+    # a missing log-Jacobian or 1/N is off by far more
+    assert abs(mass.sum() - 1.0) < 0.06, mass.sum()
     blocks = mass.reshape(16, 3, 16, 3).sum((1, 3))
     hist, *_ = np.histogram2d(draws[:, 0], draws[:, 1], bins=[e[::3] for e in edges])
     tv = 0.5 * np.abs(hist / len(draws) - blocks / blocks.sum()).sum()
