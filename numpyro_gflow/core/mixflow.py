@@ -206,8 +206,12 @@ def start(w, params: MixFlowParams, value_and_grad: Callable, flow_length: int =
     x = params.loc + (params.scale * noise if params.scale_tril is None
                       else params.scale_tril @ noise)
     rho = laplace_icdf(w[d:2 * d])
-    n = jnp.minimum(jnp.floor(w[2 * d + 1] * flow_length), flow_length - 1).astype(jnp.int32)
-    return point(x, rho, w[2 * d], value_and_grad), n
+    return point(x, rho, w[2 * d], value_and_grad), _num_maps(w[2 * d + 1], flow_length)
+
+
+def _num_maps(w, flow_length: int):
+    """``K = floor(N w)`` in ``0 .. N-1`` from a uniform ``w``."""
+    return jnp.minimum(jnp.floor(w * flow_length), flow_length - 1).astype(jnp.int32)
 
 
 def sample_reference(rng_key, params: MixFlowParams, value_and_grad: Callable) -> FlowPoint:
@@ -276,7 +280,7 @@ def sample_many(rng_key, num_samples: int, params: MixFlowParams, value_and_grad
     chunks = SAMPLE_CHUNKS if m >= SAMPLE_CHUNK_MIN else 1
     size = -(-m // chunks)
     pad = chunks * size - m
-    n = jnp.minimum(jnp.floor(w[:, -1] * flow_length), flow_length - 1).astype(jnp.int32)
+    n = _num_maps(w[:, -1], flow_length)
     order = jnp.argsort(n)
     # padding rows: copies of the first draw with K = 0 (no maps), dropped at the end
     idx = jnp.concatenate([jnp.zeros(pad, order.dtype), order])

@@ -435,7 +435,7 @@ class MixFlow(DensityEngine):
                                   (("inversion_error",), inversion_error)])
         return InferenceResult(
             type(self).__name__, bridge, args, kwargs,
-            lambda: flow.sample(k_draw, self.num_draws).x, info._asdict(), state=state,
+            lambda n=self.num_draws: flow.sample(k_draw, n).x, info._asdict(), state=state,
             objective=self.objective, sampler=lambda key, n: flow.sample(key, n).x,
             guide=latent_guide(bridge, _mixflow_latent(flow)), params={},
             log_q=flow.marginal_log_density, elbo_fn=flow.elbo, stats=stats, flow=flow,

@@ -244,8 +244,13 @@ def test_engine_outputs(banana_fit):
     assert (attrs["inversion_error"] == res.stats["inversion_error"]
             and attrs["elbo"] == res.stats["elbo"])
     again = gf.MixFlow(banana, reference="meanfield", flow_length=50, num_leapfrog=10,
-                       step_size_rule="elbo").run(jax.random.key(0), 3000, progress_bar=False)
+                       step_size_rule="elbo").run(jax.random.key(0), 3000, progress_bar=False,
+                                                  diagnose=False)
+    # its points are drawn when first read (run + get_samples(n, key) does not pay for them),
+    # the same points as a run whose checks read them at once
+    assert callable(again._unconstrained)
     np.testing.assert_array_equal(np.asarray(again.unconstrained), np.asarray(res.unconstrained))
+    assert not callable(again._unconstrained)
 
 
 def test_acceptance_rule_gives_posterior_draws():
