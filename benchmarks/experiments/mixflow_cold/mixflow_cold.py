@@ -77,7 +77,8 @@ def main(settings):
             if "error" in r:
                 cells.append("error")
             elif "max_mean_err" in r:
-                cells.append(f"{r['max_mean_err']:.2f} / {r['max_sd_err']:.2f}, {r['wall_s']:.0f} s")
+                cells.append(f"{r['max_mean_err']:.2f} / {r['max_sd_err']:.2f}, "
+                             f"{r['wall_s']:.0f} s")
             else:
                 cells.append(f"{r['wall_s']:.1f} s")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
