@@ -249,7 +249,8 @@ class MixFlow(DensityEngine):
     ``result.trace`` holds the reference fit's per-step ``elbo``; ``result.stats`` the MixFlow's
     ELBO (augmented space, with its standard error) next to the reference's, the chosen step
     size, each candidate's tuning number, the inversion error ``max |z - T^-N T^N z|`` over 8
-    draws, and ``grad_evals`` (model gradients the run used).
+    draws, and ``grad_evals`` (model gradients of the run and of the result's ELBOs, inversion
+    check and ``num_draws`` points, all counted: those are computed when first read).
     The model's args must not change the latent dimension between ``run`` and later use.
     """
 
