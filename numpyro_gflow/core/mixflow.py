@@ -261,50 +261,65 @@ def sample(rng_key, params: MixFlowParams, value_and_grad: Callable, flow_length
     return sample_from(w, params, value_and_grad, flow_length, num_leapfrog)
 
 
-#: `sample_many` splits this many draws or more into `SAMPLE_CHUNKS` sequential chunks
+#: `sample_many` advances all draws at once below this many, and from it on a quarter of them
+#: at a time (``ceil(num_samples / SAMPLE_CHUNKS)`` slots)
 SAMPLE_CHUNK_MIN = 256
 SAMPLE_CHUNKS = 4
+
+
+def _take(tree, idx):
+    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+def _where_rows(mask, a_tree, b_tree):
+    return jax.tree_util.tree_map(
+        lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), a_tree, b_tree)
 
 
 def sample_many(rng_key, num_samples: int, params: MixFlowParams, value_and_grad: Callable,
                 flow_length: int, num_leapfrog: int) -> FlowPoint:
     """``num_samples`` i.i.d. draws: `sample_from` of each row of ``reference_uniforms(rng_key,
-    num_samples, ...)`` (the same draws), at about half the cost of a vmapped loop, which runs
-    every draw for the largest ``K``, ``N`` maps, where a draw needs ``K ~ U{0..N-1}``. Here the
-    draws are sorted by ``K`` and advanced in `SAMPLE_CHUNKS` sequential chunks (from
-    `SAMPLE_CHUNK_MIN` draws on), each only as far as its own largest ``K``: ``(C + 1) / 2C``
-    of the maps for ``C`` chunks (5/8 for 4). More chunks save little more and cost a loop
-    iteration per map each, which on cheap models is most of the time."""
+    num_samples, ...)`` (the same draws), at about the cost of the maps the draws need
+    (``K ~ U{0..N-1}`` each, ``(N - 1) / 2`` on average), where a vmapped loop runs every draw
+    for the largest ``K``. The draws wait in a queue, longest ``K`` first; a batch of slots
+    (all draws below `SAMPLE_CHUNK_MIN`, else a `SAMPLE_CHUNKS`-th of them) applies one flow map
+    per iteration to the draws it holds, and a slot whose draw has had its ``K`` maps hands it
+    in and takes the next from the queue. With a quarter of the draws in the slots the loop
+    runs about ``2 N`` iterations (the last loads are the shortest; 2.02 N simulated for 1000
+    draws and N = 40 to 1000): about ``N / 2`` maps per draw, where four sequential sorted
+    chunks (this function before) took ``5 N / 8``."""
     m = num_samples
     w = reference_uniforms(rng_key, m, params.loc.shape[-1], params.loc.dtype)
-    chunks = SAMPLE_CHUNKS if m >= SAMPLE_CHUNK_MIN else 1
-    size = -(-m // chunks)
-    pad = chunks * size - m
     n = _num_maps(w[:, -1], flow_length)
-    order = jnp.argsort(n)
-    # padding rows: copies of the first draw with K = 0 (no maps), dropped at the end
-    idx = jnp.concatenate([jnp.zeros(pad, order.dtype), order])
-    n_sorted = jnp.concatenate([jnp.zeros(pad, n.dtype), n[order]]).reshape(chunks, size)
-    w_sorted = w[idx].reshape(chunks, size, w.shape[-1])
-    one_start = jax.vmap(lambda r: start(r, params, value_and_grad)[0])
+    starts = jax.vmap(lambda r: start(r, params, value_and_grad)[0])(w)
+    width = m if m < SAMPLE_CHUNK_MIN else -(-m // SAMPLE_CHUNKS)
+    order = jnp.argsort(-n)                         # the queue: longest first
     one_map = jax.vmap(lambda q: flow_map(q, params, value_and_grad, num_leapfrog)[0])
+    first = order[:width]
+    # one row per draw (a draw with K = 0 is its start) and a discard row, index m, where the
+    # slots with nothing to hand in write
+    out = jax.tree_util.tree_map(lambda a: jnp.concatenate([a, a[:1]]), starts)
 
-    def run_chunk(args):
-        w, k = args
+    def body(carry):
+        slots, left, ids, queued, out = carry
+        moving = left > 0
+        slots = _where_rows(moving, one_map(slots), slots)
+        left = left - moving.astype(left.dtype)
+        done = (left == 0) & (ids < m)
+        out = jax.tree_util.tree_map(lambda o, s: o.at[jnp.where(done, ids, m)].set(s),
+                                     out, slots)
+        # the finished slots take the next draws of the queue, in slot order
+        pos = queued + jnp.cumsum(done) - 1
+        refill = done & (pos < m)
+        nxt = order[jnp.minimum(pos, m - 1)]
+        slots = _where_rows(refill, _take(starts, nxt), slots)
+        left = jnp.where(refill, n[nxt], left)
+        ids = jnp.where(refill, nxt, jnp.where(done, m, ids))   # m: the slot is retired
+        return slots, left, ids, queued + jnp.sum(done).astype(queued.dtype), out
 
-        def body(t, q):
-            moved = one_map(q)
-            keep = t < k
-            return jax.tree_util.tree_map(
-                lambda a, b: jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
-                moved, q)
-
-        return lax.fori_loop(0, jnp.max(k), body, one_start(w))
-
-    out = lax.map(run_chunk, (w_sorted, n_sorted))
-    inverse = jnp.argsort(order)
-    return jax.tree_util.tree_map(
-        lambda a: a.reshape((chunks * size,) + a.shape[2:])[pad:][inverse], out)
+    carry = (_take(starts, first), n[first], first, jnp.asarray(width, order.dtype), out)
+    out = lax.while_loop(lambda c: jnp.any(c[2] < m), body, carry)[4]
+    return jax.tree_util.tree_map(lambda a: a[:m], out)
 
 
 def _finite_or_neg_inf(v):

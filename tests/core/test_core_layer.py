@@ -140,11 +140,11 @@ def test_laplace_on_a_plain_log_density():
 
 
 def test_mixflow_sample_many_is_vmapped_sample():
-    # the chunked sampler (draws sorted by flow length, each chunk advanced only as far as its
-    # longest) gives every row of its uniforms the same draw as `sample_from` itself: same
-    # maps, same order. The dynamics are chaotic, so float32 round-off from a different batch
-    # shape may grow over up to N = 40 maps; positions agree to 1e-4 here (measured 2e-7 at
-    # N = 100, d = 3)
+    # the queued sampler (draws sorted by flow length, a batch of slots each taking the next
+    # draw when its own has had its K maps) gives every row of its uniforms the same draw as
+    # `sample_from` itself: same maps, same order. The dynamics are chaotic, so float32
+    # round-off from a different batch shape may grow over up to N = 40 maps; positions agree
+    # to 1e-4 here (measured 2e-7 at N = 100, d = 3)
     from numpyro_gflow.core import mixflow as mf
 
     d = 3
@@ -163,7 +163,7 @@ def test_mixflow_sample_many_is_vmapped_sample():
     ks = jnp.minimum(jnp.floor(w[:, -1] * 40), 39)
     assert 0 <= int(ks.min()) <= 2 and 37 <= int(ks.max()) <= 39   # K spans 0..N-1
     for m, rows in ((70, slice(0, 70)), (258, slice(70, None))):
-        # one chunk; four chunks of 65, the first with 2 padding draws
+        # all 70 draws in the slots at once; 65 slots for 258 draws (refilled)
         many = mf.sample_many(key, m, params, vg, 40, 5)
         np.testing.assert_allclose(many.x, one.x[rows], atol=1e-4)
         np.testing.assert_allclose(many.log_p, one.log_p[rows], rtol=1e-4, atol=1e-4)
