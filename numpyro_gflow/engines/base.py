@@ -35,6 +35,7 @@ from numpyro.util import is_prng_key
 
 from numpyro_gflow._validate import check_flag, positive_int
 from numpyro_gflow.bridge import ModelBridge, split_static_args
+from numpyro_gflow.compilation import SHORT, brief_jit
 from numpyro_gflow.core.kernels import IMQKernel, Kernel, RBFKernel
 from numpyro_gflow.core.numerics import Affine, best_laplace, spread_starts
 from numpyro_gflow.core.optim import coin_restarts
@@ -121,6 +122,9 @@ class Engine(abc.ABC):
     #: initial state (Laplace mode search, curvature estimates) is one compiled program, cached
     #: with the engine's loop for its input signature, instead of eager op-by-op work each run
     traceable_init: bool = False
+    #: `compilation.brief_jit` level of the step loop's program, where the loop is a small part
+    #: of the engine's work (None: XLA's full optimisation)
+    loop_level: int | None = None
 
     def __init__(self, model, *, init_strategy=init_to_uniform):
         if not callable(model):
@@ -185,18 +189,21 @@ class Engine(abc.ABC):
             return self._init_state(z, rng_key, target, given, *extras)
         return self._compiled_program(
             ("init_state", bool(given), target.num_steps), target,
-            lambda t, z, key, *xs: self._init_state(z, key, t, given, *xs), z, rng_key, *extras)
+            lambda t, z, key, *xs: self._init_state(z, key, t, given, *xs), z, rng_key, *extras,
+            level=SHORT)
 
     def _init_extras(self, z, rng_key, target: Target) -> tuple:
         """Arrays computed before `_init_state` by programs shared between engines (passed to
         it after ``given``); none by default."""
         return ()
 
-    def _compiled_program(self, name, target: Target, fn: Callable, *arrays):
+    def _compiled_program(self, name, target: Target, fn: Callable, *arrays,
+                          level: int | None = None):
         """``fn(target, *arrays)`` under ``jax.jit``, the compiled program kept with the
         engine's compiled loop for the target's input signature (so a second run on
-        same-shaped inputs reuses it); ``name`` (hashable) must identify ``fn`` and every
-        Python value it closes over. The model's array inputs are traced, the rest static."""
+        same-shaped inputs reuses it); ``name`` (hashable) must identify ``fn``, ``level`` and
+        every Python value it closes over. The model's array inputs are traced, the rest
+        static. ``level``: a program that runs once per fit (`compilation.brief_jit`)."""
         dynamic, static, treedef, signature = split_static_args(target.model_args,
                                                                 target.model_kwargs)
         try:
@@ -207,7 +214,7 @@ class Engine(abc.ABC):
                  else {})
         program = store.get(name)
         if program is None:
-            program = store[name] = jit_on_target(target, fn, static, treedef)
+            program = store[name] = jit_on_target(target, fn, static, treedef, level)
         return program(dynamic, *arrays)
 
     def _fallback_result(self, state, info, target: Target) -> InferenceResult:
@@ -480,9 +487,10 @@ class ParticleEngine(EnsembleKernel, Engine):
         # the first point only (on the host: no program of its own), so that engines with
         # different numbers of particles share one compiled program
         first = np.asarray(z)[:1]
-        shared = shared_program(self, target, name, laplace)
+        shared = shared_program(self, target, name, laplace, SHORT)
         if shared is None:    # kept with this engine's programs instead
-            return tuple(self._compiled_program(name, target, laplace, first, rng_key))
+            return tuple(self._compiled_program(name, target, laplace, first, rng_key,
+                                                level=SHORT))
         return tuple(shared(first, rng_key))
 
     def _coordinates_kind(self):
@@ -629,7 +637,7 @@ class DensityEngine(Engine):
         )
 
 
-@functools.partial(jax.jit, static_argnums=1)
+@brief_jit(static_argnums=1)
 def _run_keys(rng_key, num_points):
     """One key per point (its initial draw) and the engine's own key (mini-batches, the core's
     randomness), in one compiled program."""
@@ -637,17 +645,17 @@ def _run_keys(rng_key, num_points):
     return keys, _state_key(keys)
 
 
-@jax.jit
+@brief_jit
 def _state_key(keys):
     return jax.random.fold_in(keys[0], 0x6F1)
 
 
-@jax.jit
+@brief_jit
 def _to_z(coords, u):
     return coords.to_z(u)
 
 
-@jax.jit
+@brief_jit
 def fold_key(rng_key, data):
     """``jax.random.fold_in``, compiled once (run op by op it compiles two programs per call
     site's first use)."""

@@ -21,6 +21,7 @@ from jax import lax
 
 from numpyro_gflow import progress
 from numpyro_gflow.bridge import ModelBridge, merge_static_args, split_static_args
+from numpyro_gflow.compilation import brief_jit
 
 __all__ = [
     "CHUNKS",
@@ -116,9 +117,10 @@ def _remember_model_programs(engine, signature, stream, bridge, init_jit):
         _MODEL_PROGRAMS.popitem(last=False)
 
 
-def jit_on_target(target, fn: Callable, static, treedef) -> Callable:
+def jit_on_target(target, fn: Callable, static, treedef, level: int | None = None) -> Callable:
     """``(dynamic, *arrays) -> fn(target, *arrays)`` under ``jax.jit``: the target rebuilt
-    from its traced array inputs (``dynamic``) and its static ones."""
+    from its traced array inputs (``dynamic``) and its static ones. ``level``: a program that
+    runs once per fit, compiled by `compilation.brief_jit` at that level."""
     from numpyro_gflow.engines.base import Target
 
     bridge, num_steps, coords = target.bridge, target.num_steps, target.coords
@@ -127,10 +129,11 @@ def jit_on_target(target, fn: Callable, static, treedef) -> Callable:
         a, kw = merge_static_args(dyn, static, treedef)
         return fn(Target(bridge, a, kw, num_steps, coords), *xs)
 
-    return jax.jit(program)
+    return jax.jit(program) if level is None else brief_jit(program, level=level)
 
 
-def shared_program(engine, target, name, fn: Callable) -> Callable | None:
+def shared_program(engine, target, name, fn: Callable, level: int | None = None
+                   ) -> Callable | None:
     """``arrays -> fn(target, *arrays)`` under ``jax.jit``, compiled once for every engine on
     the same model, input signature and init strategy (beside the shared bridge and init
     program; ``name``, hashable, must identify ``fn`` and everything it closes over but the
@@ -143,7 +146,7 @@ def shared_program(engine, target, name, fn: Callable) -> Callable | None:
         return None
     programs = entry[2]
     if name not in programs:
-        programs[name] = jit_on_target(target, fn, static, treedef)
+        programs[name] = jit_on_target(target, fn, static, treedef, level)
     return lambda *arrays: programs[name](dynamic, *arrays)
 
 
@@ -180,7 +183,7 @@ def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
         return bridge.init_particles(keys, a, kw, engine.init_strategy)
 
     if init_jit is None:
-        init_jit = jax.jit(init_fn)
+        init_jit = brief_jit(init_fn)   # initial points: a few model evaluations, once
         _remember_model_programs(engine, signature, stream, bridge, init_jit)
 
     def run_fn(carry, dyn, batches, bar_id, start, total, num_steps, every):
@@ -246,9 +249,9 @@ def compile_engine(engine, args, kwargs, stream=None) -> tuple[Compiled, list]:
 
         return lax.scan(body, carry, (jnp.arange(num_steps, dtype=jnp.int32), batches))
 
-    compiled = Compiled(bridge, init_jit,
-                        jax.jit(run_fn, static_argnames=("num_steps", "every")), static, treedef,
-                        {})
+    loop = (jax.jit(run_fn, static_argnames=("num_steps", "every")) if engine.loop_level is None
+            else brief_jit(run_fn, level=engine.loop_level, static_argnames=("num_steps", "every")))
+    compiled = Compiled(bridge, init_jit, loop, static, treedef, {})
     if signature is not None:
         engine._compiled[signature] = compiled
     return compiled, dynamic
