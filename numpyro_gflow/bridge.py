@@ -59,6 +59,10 @@ class SubsamplePlate(NamedTuple):
     streamed: bool = False
 
 
+#: `ModelBridge._traced_log_density`'s placeholder for a traced input
+_TRACED = object()
+
+
 def _is_array(x) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, np.generic))
 
@@ -284,6 +288,8 @@ class ModelBridge:
         self.factor_sites = factor_sites
         #: `program`'s compiled functions: (name, input signature) -> jitted
         self._programs: dict = {}
+        #: `log_density` inside programs: (inputs' structure, static leaves, avals) -> jaxpr
+        self._densities: dict = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -445,6 +451,7 @@ class ModelBridge:
         new = copy.copy(self)
         new.subsample_plates = plates
         new._programs = {}   # its densities differ: compiled programs are not shared
+        new._densities = {}
         return new
 
     # ------------------------------------------------------------------ compiled programs
@@ -489,9 +496,45 @@ class ModelBridge:
     def log_density(self, z, args=(), kwargs=None, rng_key=None):
         """Unnormalised log posterior at flat unconstrained ``z`` (Jacobian included)."""
         kwargs = {} if kwargs is None else kwargs
+        if rng_key is None:
+            traced = self._traced_log_density(z, args, kwargs)
+            if traced is not None:
+                return traced
         model = self._model_with_plates(rng_key)
         with _model_under_jit():
             return -potential_energy(model, args, kwargs, self.unflatten(z))
+
+    def _traced_log_density(self, z, args, kwargs):
+        """`log_density` (full data) inside a program, where ``z`` and every array input are
+        traced: the model is traced through NumPyro's handlers once per input structure and
+        shapes, into a jaxpr that later traces (gradients, Hessian-vector products, vmaps:
+        a Laplace start traces the density about ten times) replay without NumPyro, at about a
+        fifth of the cost (the breast-cancer regression's Hessian traces in 0.03 s instead of
+        0.16). None where that does not apply (concrete inputs: the model may branch on them)."""
+        leaves, treedef = jax.tree.flatten((args, kwargs))
+        arrays = [x for x in leaves if _is_array(x)]
+        if not isinstance(z, jax.core.Tracer) or not all(isinstance(x, jax.core.Tracer)
+                                                         for x in arrays):
+            return None
+        static = tuple(_TRACED if _is_array(x) else x for x in leaves)
+        avals = tuple(jax.typeof(x) for x in (z, *arrays))
+        try:
+            closed = self._densities.get((treedef, static, avals))
+        except TypeError:   # an unhashable static input
+            return None
+        if closed is None:
+            def density(z, *arrays):
+                it = iter(arrays)
+                a, kw = jax.tree.unflatten(treedef, [next(it) if s is _TRACED else s
+                                                     for s in static])
+                model = self._model_with_plates(None)
+                with _model_under_jit():
+                    return -potential_energy(model, a, kw, self.unflatten(z))
+
+            closed = jax.make_jaxpr(density)(
+                *(jax.ShapeDtypeStruct(v.shape, v.dtype, weak_type=v.weak_type) for v in avals))
+            self._densities[(treedef, static, avals)] = closed
+        return jax.core.eval_jaxpr(closed.jaxpr, closed.consts, z, *arrays)[0]
 
     def value_and_grad(self, z, args=(), kwargs=None, rng_key=None):
         return jax.value_and_grad(self.log_density)(z, args, kwargs, rng_key)

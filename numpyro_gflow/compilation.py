@@ -19,7 +19,13 @@ from pathlib import Path
 
 import jax
 
-__all__ = ["enable_compilation_cache", "brief_jit", "BRIEF", "SHORT", "Background"]
+__all__ = [
+    "BRIEF",
+    "SHORT",
+    "Background",
+    "brief_jit",
+    "enable_compilation_cache",
+]
 
 #: `brief_jit` levels. BRIEF: programs that evaluate the model a handful of times (initial
 #: points, keys, a fitted reference's summary); SHORT: programs that run once per fit but loop

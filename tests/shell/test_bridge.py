@@ -25,6 +25,36 @@ def test_log_density_matches_numpyro_potential(linreg_data):
     np.testing.assert_allclose(g, bridge.flatten(g_ref), rtol=1e-5)
 
 
+def test_density_inside_a_program_traces_the_model_once_and_matches(linreg_data):
+    # inside a program (point and data traced) the model is traced through NumPyro once per
+    # input signature; gradients, Hessian-vector products and vmaps replay that trace
+    X, y = linreg_data
+    calls = []
+
+    def model(X, y, scale=1.0):
+        calls.append(1)
+        linreg_model(X * scale, y)
+
+    bridge = ModelBridge.from_model(model, X, y, scale=2.0)
+    z = jnp.array([0.3, 0.2, -0.1, -0.5])
+
+    def quantities(z, X, y):
+        lp = lambda x: bridge.log_density(x, (X, y), {"scale": 2.0})   # noqa: E731
+        hvp = jax.jvp(jax.grad(lp), (z,), (jnp.ones_like(z),))[1]
+        return lp(z), jax.grad(lp)(z), hvp, jax.vmap(lp)(jnp.stack([z, 2 * z]))
+
+    calls.clear()
+    inside = jax.jit(quantities)(z, X, y)
+    assert len(calls) == 1
+    outside = quantities(z, np.asarray(X), np.asarray(y))   # concrete data: the plain path
+    assert len(calls) > 1
+    for a, b in zip(inside, outside):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # another static input is another trace, with its own value
+    other = jax.jit(lambda z, X, y: bridge.log_density(z, (X, y), {"scale": 1.0}))(z, X, y)
+    assert not np.isclose(other, inside[0])
+
+
 def test_flatten_roundtrip_and_constrain(linreg_data):
     X, y = linreg_data
     bridge = ModelBridge.from_model(linreg_model, X, y)
