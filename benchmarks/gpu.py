@@ -5,10 +5,12 @@
 
 Run it whenever a GPU is lent (issue 19; about 5 minutes there) and on the CPU. Part 1: on the
 breast-cancer logistic regression (31 parameters) and two posteriordb posteriors (kidiq, arK),
-NUTS (one chain, 1000 warmup + 1000 draws) and every engine with its defaults (1000 steps; the
-density engines' 1000 draws), each in a fresh Python process as a user's first call is:
+NUTS (one chain, 1000 warmup + 1000 draws; run first and again after the engines, since this
+machine's speed drifts) and every engine with its defaults (1000 steps; the density engines'
+1000 draws), each in a fresh Python process as a user's first call is:
 
-* ``cold_s``: construction, ``run`` and ``get_samples``, compilation included;
+* ``cold_s``: construction, ``run`` and ``get_samples``, compilation included (the keys are
+  made before the clock starts);
 * ``warm_s``: the same object run again from another key in that process (compiled programs
   reused);
 * ``mean_err`` / ``sd_err``: max over scalar parameters of |mean - ref mean| / ref sd and
@@ -99,9 +101,12 @@ def one(model_name, engine):
     model, args, kwargs = _model(model_name)
     made = {}
 
-    def call(key):
+    def call(key, draw_key):
         # the first call builds the object; the warm call runs the same object again (what
-        # a user's second call does), so its compiled programs are reused
+        # a user's second call does), so its compiled programs are reused. The keys are made
+        # before the clock starts (for NUTS too): making one is not inference, and an eager
+        # fold_in compiles a random-bit generator of its own (~0.2 s on a CPU)
+        jax.block_until_ready((key, draw_key))
         t0 = time.perf_counter()
         if engine == "NUTS":
             from numpyro.infer import MCMC, NUTS
@@ -117,13 +122,13 @@ def one(model_name, engine):
                 made["obj"] = getattr(gf, engine)(model)
             res = made["obj"].run(key, STEPS, *args, progress_bar=False, diagnose=False,
                                   **kwargs)
-            samples = (res.get_samples(1000, jax.random.fold_in(key, 1))
+            samples = (res.get_samples(1000, draw_key)
                        if res.sampler_available() else res.get_samples())
         jax.block_until_ready(samples)
         return time.perf_counter() - t0, samples
 
-    cold, _ = call(jax.random.key(0))
-    warm, samples = call(jax.random.key(1))
+    cold, _ = call(jax.random.key(0), jax.random.key(10))
+    warm, samples = call(jax.random.key(1), jax.random.key(11))
     bridge = gf.ModelBridge.from_model(model, *args, **kwargs)
     sites = bridge.site_names
     moments, post = _reference(model_name, sites)
@@ -191,7 +196,9 @@ def main(argv=None):
                  [1000, 5000] if platform == "cpu" else [1000, 5000, 20000, 50000])
     rows = []
     for model in a.models.split(","):
-        for engine in ["NUTS"] + a.engines.split(","):
+        # NUTS first and again last: the machine's speed drifts (measured +-0.3 s between
+        # runs of one first call on this 2-core CPU), so the engines sit between two NUTS rows
+        for engine in ["NUTS"] + a.engines.split(",") + ["NUTS"]:
             out = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--one", model, engine],
                                  capture_output=True, text=True, cwd=ROOT, check=False)
             if out.returncode:
