@@ -12,9 +12,11 @@ each.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import threading
+import weakref
 from pathlib import Path
 
 import jax
@@ -119,6 +121,7 @@ class Background:
         self._thread = threading.Thread(target=self._compile, args=(lowered,), daemon=True,
                                         name="numpyro-gflow-compile")
         self._thread.start()
+        _RUNNING.add(self)
 
     def _compile(self, lowered):
         for low, done in zip(lowered, self._done):
@@ -131,3 +134,14 @@ class Background:
     def wait(self, index: int | None = None) -> None:
         """Until program ``index`` (in the order given; None: all) is compiled."""
         (self._done[-1] if index is None else self._done[index]).wait()
+
+
+_RUNNING: "weakref.WeakSet[Background]" = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_background_compiles():
+    # a compilation still running when the interpreter exits would meet JAX's own exit
+    # clean-up (registered earlier, so run after this): let it finish first
+    for background in list(_RUNNING):
+        background._thread.join(timeout=60)

@@ -173,18 +173,24 @@ def laplace(log_p: Callable, x, map_steps: int, newton_steps: int = NEWTON_STEPS
     if map_steps:
         x = climb(log_p, x[None], map_steps)[0]
 
-    def newton(_, x):
-        # the Newton step scaled by 1, 1/2, .. 1/2^9 or 0: whichever point is highest
+    def newton(i, carry):
+        # the Newton step scaled by 1, 1/2, .. 1/2^9 or 0: whichever point is highest. One
+        # iteration more than steps, which only computes the factor at the final point: the
+        # factor's code (2d Hessian-vector products, two eigen-decompositions) is compiled
+        # once, not again after the loop (the breast-cancer Laplace search, 8 starts: XLA 0.66 ->
+        # 0.56 s at LLVM level 1)
+        x, _ = carry
         w = whitening(log_p, x)
         direction = w @ (w.T @ jax.grad(log_p)(x))
         t = jnp.concatenate([0.5 ** jnp.arange(10.0), jnp.zeros(1)]).astype(x.dtype)
         # t = 0 is x itself even where the direction is not finite
         points = x + jnp.where(t[:, None] > 0, t[:, None] * direction, 0.0)
         values = jax.vmap(log_p)(points)
-        return points[jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))]
+        best = points[jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))]
+        return jnp.where(i < newton_steps, best, x), w
 
-    x = lax.fori_loop(0, newton_steps, newton, x)
-    return x, whitening(log_p, x)
+    d = x.shape[-1]
+    return lax.fori_loop(0, newton_steps + 1, newton, (x, jnp.zeros((d, d), x.dtype)))
 
 
 class Affine(NamedTuple):
