@@ -170,6 +170,33 @@ def test_mixflow_sample_many_is_vmapped_sample():
         np.testing.assert_array_equal(many.u, one.u[rows])
 
 
+def test_mixflow_map_keeps_the_density_of_its_end_point():
+    # a map's leapfrog steps evaluate only the gradient but for the last: the point it returns
+    # must carry log pi and its gradient at its own position, and the steps must be the plain
+    # leapfrog's (the same trajectory with the value evaluated at every step)
+    from numpyro_gflow.core import mixflow as mf
+
+    d = 3
+    prec = jnp.arange(1.0, d + 1)
+
+    def vg(x):
+        return jax.value_and_grad(lambda x: -0.5 * jnp.sum(prec * x**2) + jnp.sum(jnp.sin(x)))(x)
+
+    params = mf.MixFlowParams(jnp.zeros(d), jnp.ones(d), 0.1 * jnp.ones(d), None, None)
+    p = mf.point(jnp.array([0.5, -1.0, 2.0]), jnp.array([0.3, -0.2, 1.1]), 0.4, vg)
+    q, _ = mf.flow_map(p, params, vg, 7)
+    log_p, grad = vg(q.x)
+    np.testing.assert_allclose(q.log_p, log_p, rtol=1e-6)
+    np.testing.assert_allclose(q.grad, grad, rtol=1e-6)
+    r = p
+    for _ in range(7):   # the plain leapfrog, value and gradient at every step
+        r = mf._leapfrog(r, params.step_size, None, vg, 1.0)
+    np.testing.assert_allclose(mf._leapfrogs(p, params, vg, 7, 1.0).x, r.x, rtol=1e-6)
+    back, _ = mf.inverse_flow_map(q, params, vg, 7)
+    np.testing.assert_allclose(back.x, p.x, atol=1e-5)
+    np.testing.assert_allclose(back.log_p, p.log_p, rtol=1e-5)
+
+
 def test_fbgvi_iterate_average_weights_iterate_j_like_j_cubed():
     # iterates x_j = j (mean) and j * I (covariance), j = 1..K: iterate j's weight is
     # proportional to j (j + 1) (j + 2); a plain average would give (K + 1) / 2, the last K
