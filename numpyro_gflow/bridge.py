@@ -533,6 +533,8 @@ class ModelBridge:
 
             closed = jax.make_jaxpr(density)(
                 *(jax.ShapeDtypeStruct(v.shape, v.dtype, weak_type=v.weak_type) for v in avals))
+            if any(isinstance(c, jax.core.Tracer) for c in closed.consts):
+                return None   # the model closes over a traced value: not reusable elsewhere
             self._densities[(treedef, static, avals)] = closed
         return jax.core.eval_jaxpr(closed.jaxpr, closed.consts, z, *arrays)[0]
 
