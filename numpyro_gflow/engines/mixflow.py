@@ -30,6 +30,7 @@ from numpyro_gflow.core.mixflow import (
     log_density,
     log_laplace,
     laplace_icdf,
+    ReferenceState,
     reference_gaussian,
     reference_init,
     reference_step,
@@ -137,34 +138,65 @@ def _jit_inversion_error(rng_key, params, dynamic, target, num_maps, num_leapfro
         sample_references(rng_key, num_samples, params, vg))
 
 
-@brief_jit(level=SHORT,
-           static_argnames=("target", "flow_length", "num_leapfrog", "num_samples"))
-def _jit_tune_elbo(rng_key, params, candidates, dynamic, target, flow_length, num_leapfrog,
-                   num_samples):
-    """ELBO (and SE) of each candidate step size, the same draws of z0 for all (paired);
-    ``params.step_size`` holds the per-coordinate unit the candidates multiply."""
+def _flow_params(reference, step_scale: str):
+    """The fitted reference's ``MixFlowParams`` (``step_size`` = the per-coordinate unit the
+    candidate step sizes multiply) and whether it is finite; ``reference`` =
+    `_reference_fields` of the fit's state. Steps in units of the reference: its
+    per-coordinate sd or (full rank) its whitened coordinates ``y = L^-1 (x - loc)``, where
+    ``q0`` is a standard normal (``step_scale="reference"``); else the same step everywhere."""
+    loc, log_scale, off_diag, center, whiten = reference
+    loc, scale, tril = reference_gaussian(
+        ReferenceState(loc, log_scale, None, None, off_diag, center, whiten))
+    arrays = (loc, scale) + (() if tril is None else (tril,))
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+    if step_scale == "reference" and tril is None:
+        unit, matrix = scale, None
+    else:
+        unit, matrix = jnp.ones_like(scale), tril if step_scale == "reference" else None
+    return MixFlowParams(loc, scale, unit, tril, matrix), finite
+
+
+def _reference_fields(state: ReferenceState) -> tuple:
+    """What `_flow_params` reads of a reference fit's state (not its optimiser state)."""
+    return state.loc, state.log_scale, state.off_diag, state.center, state.whiten
+
+
+_jit_flow_params = brief_jit(_flow_params, static_argnames=("step_scale",))
+
+
+@brief_jit(level=SHORT, static_argnames=("target", "step_scale", "flow_length", "num_leapfrog",
+                                         "num_samples"))
+def _jit_tune_elbo(rng_key, reference, candidates, dynamic, target, step_scale, flow_length,
+                   num_leapfrog, num_samples):
+    """The fitted reference's params and finiteness (`_flow_params`), and the ELBO (and SE) of
+    each candidate step size, the same draws of z0 for all (paired), from the run's key
+    folded with `RESULT_KEY` (in this program: one compiled program fewer on a first call)."""
     vg = target.value_and_grad(dynamic)
+    params, finite = _flow_params(reference, step_scale)
+    rng_key = jax.random.fold_in(rng_key, RESULT_KEY)
 
     def one(s):
         return elbo(rng_key, params._replace(step_size=s * params.step_size), vg, flow_length,
                     num_leapfrog, num_samples)
 
-    return lax.map(one, candidates)
+    return lax.map(one, candidates), params, finite
 
 
-@brief_jit(level=SHORT, static_argnames=("target", "num_leapfrog", "num_samples"))
-def _jit_tune_acceptance(rng_key, params, candidates, dynamic, target, num_leapfrog, num_samples):
-    """Mean acceptance probability (and SE) of one map's leapfrog from draws of q0, per
-    candidate step size (the same draws for all)."""
+@brief_jit(level=SHORT, static_argnames=("target", "step_scale", "num_leapfrog", "num_samples"))
+def _jit_tune_acceptance(rng_key, reference, candidates, dynamic, target, step_scale,
+                         num_leapfrog, num_samples):
+    """As `_jit_tune_elbo`, with the mean acceptance probability (and SE) of one map's leapfrog
+    from draws of q0 per candidate step size (the same draws for all)."""
     vg = target.value_and_grad(dynamic)
-    starts = sample_references(rng_key, num_samples, params, vg)
+    params, finite = _flow_params(reference, step_scale)
+    starts = sample_references(jax.random.fold_in(rng_key, RESULT_KEY), num_samples, params, vg)
 
     def one(s):
         a = jax.vmap(lambda p: acceptance(p, params._replace(step_size=s * params.step_size), vg,
                                           num_leapfrog))(starts)
         return jnp.mean(a), jnp.std(a) / jnp.sqrt(num_samples)
 
-    return lax.map(one, candidates)
+    return lax.map(one, candidates), params, finite
 
 
 class MixFlowFit(NamedTuple):
@@ -373,15 +405,21 @@ class MixFlow(DensityEngine):
         N, L = self.flow_length, self.num_leapfrog
         lowered = []
         if self.step_size == "auto":
+            # the reference fit's state as `_reference_fields` gives it
+            row, rows = (jax.ShapeDtypeStruct((1, d), dtype),
+                         jax.ShapeDtypeStruct((1, d, d), dtype))
+            reference = (row, row) + ((rows, row, rows) if full else (None, None, None))
             cands = jax.ShapeDtypeStruct((len(self.step_size_grid),), dtype)
             # the same positional calls as `_result`'s (a static argument passed by keyword
             # instead would be another program)
             if self.step_size_rule == "elbo":
-                lowered.append(_jit_tune_elbo.lower(rng_key, params, cands, dynamic, st, N, L,
+                lowered.append(_jit_tune_elbo.lower(rng_key, reference, cands, dynamic, st,
+                                                    self.step_scale, N, L,
                                                     self.num_tune_samples))
             else:
-                lowered.append(_jit_tune_acceptance.lower(rng_key, params, cands, dynamic, st,
-                                                          L, self.num_tune_samples))
+                lowered.append(_jit_tune_acceptance.lower(rng_key, reference, cands, dynamic, st,
+                                                          self.step_scale, L,
+                                                          self.num_tune_samples))
         lowered.append(_jit_sample.lower(rng_key, params, dynamic, st, N, L, self.num_draws))
         self._flow_programs[key] = Background(lowered)
 
@@ -413,37 +451,35 @@ class MixFlow(DensityEngine):
     def _result(self, state, info, target: Target, rng_key) -> InferenceResult:
         bridge, args, kwargs = target.bridge, target.model_args, target.model_kwargs
         target, dynamic = _split(bridge, args, kwargs)
-        loc, scale, tril, finite = _reference_parts(state)
-        pending = self._pending(args, kwargs, loc.dtype)
-        # the result's four keys by the one compiled fold-in every engine shares (a program of
-        # its own that splits a key compiles the random-bit generator: ~0.2 s)
-        k_tune, k_elbo, k_draw, k_inv = (fold_key(rng_key, RESULT_KEY + i) for i in range(4))
-        if not bool(finite):
-            raise FloatingPointError(
-                f"MixFlow: the {'full-rank' if tril is not None else 'mean-field'} reference fit "
-                "is not finite (the model's density or its gradient is NaN/inf along the fit, "
-                "or the Laplace mode search failed); check the model, or give "
-                "reference=(loc, scale)")
-        if self.step_scale == "reference":
-            # steps in units of the reference: per-coordinate sd, or (full rank) whitened
-            # coordinates y = L^-1 (x - loc), where q0 is a standard normal
-            # (NumPy on the host where it is elementwise: no XLA program per operation)
-            unit, matrix = ((np.asarray(scale), None) if tril is None
-                            else (np.ones(scale.shape, scale.dtype), tril))
-        else:
-            unit, matrix = np.ones(scale.shape, scale.dtype), None
-        # step_size = the unit, during tuning
-        params = MixFlowParams(loc, scale, unit, tril, matrix)
+        reference = _reference_fields(state)
+        pending = self._pending(args, kwargs, state.loc.dtype)
         stats = {}
         if self.step_size == "auto":
-            cands = np.asarray(self.step_size_grid, loc.dtype)
+            # one program: the fitted reference's params (step_size = the unit the candidates
+            # multiply) and each candidate's tuning number, from the run's key folded with
+            # RESULT_KEY; compiled in the background (`_compile_flow_programs`)
+            cands = np.asarray(self.step_size_grid, state.loc.dtype)
             if pending is not None:
-                pending.wait(0)    # the grid's program, compiled in the background
+                pending.wait(0)
             if self.step_size_rule == "elbo":
-                means, ses = _jit_tune_elbo(k_tune, params, cands, dynamic, target,
-                                            self.flow_length, self.num_leapfrog,
-                                            self.num_tune_samples)
-                means, ses = np.asarray(means), np.asarray(ses)
+                (means, ses), params, finite = _jit_tune_elbo(
+                    rng_key, reference, cands, dynamic, target, self.step_scale,
+                    self.flow_length, self.num_leapfrog, self.num_tune_samples)
+            else:
+                (means, ses), params, finite = _jit_tune_acceptance(
+                    rng_key, reference, cands, dynamic, target, self.step_scale,
+                    self.num_leapfrog, self.num_tune_samples)
+        else:
+            params, finite = _jit_flow_params(reference, self.step_scale)
+        if not bool(finite):
+            raise FloatingPointError(
+                f"MixFlow: the {'full-rank' if params.scale_tril is not None else 'mean-field'} "
+                "reference fit is not finite (the model's density or its gradient is NaN/inf "
+                "along the fit, or the Laplace mode search failed); check the model, or give "
+                "reference=(loc, scale)")
+        if self.step_size == "auto":
+            means, ses = np.asarray(means), np.asarray(ses)
+            if self.step_size_rule == "elbo":
                 means = np.where(np.isfinite(means), means, -np.inf)
                 best = int(np.argmax(means))
                 if not np.isfinite(means[best]):
@@ -451,9 +487,6 @@ class MixFlow(DensityEngine):
                         "MixFlow: every candidate step size gave a non-finite ELBO; check the "
                         "model's density or give step_size_grid smaller steps")
             else:
-                means, ses = _jit_tune_acceptance(k_tune, params, cands, dynamic, target,
-                                                  self.num_leapfrog, self.num_tune_samples)
-                means, ses = np.asarray(means), np.asarray(ses)
                 ok = np.flatnonzero(means >= self.target_accept)
                 # the largest step whose leapfrog keeps the energy error small; if none does,
                 # the smallest candidate
@@ -463,7 +496,17 @@ class MixFlow(DensityEngine):
                                        for c, m, s in zip(cands, means, ses)}
         else:
             step = self.step_size
+        # (NumPy on the host: no XLA program for an elementwise product)
+        unit = np.asarray(params.step_size)
         params = params._replace(step_size=(step * unit).astype(unit.dtype))
+        loc = params.loc
+
+        # the result's other keys: the run's key folded with RESULT_KEY + 1 .. 3 by the one
+        # compiled fold-in every engine shares, when first needed (a first call that draws
+        # with its own key compiles none)
+        def result_key(i):
+            return fold_key(rng_key, RESULT_KEY + i)
+
         fit = MixFlowFit(params, self.flow_length, self.num_leapfrog, target, dynamic)
         flow = MixFlowResult(fit, pending)
         num_elbo = max(2, min(self.num_draws, 256))
@@ -471,17 +514,17 @@ class MixFlow(DensityEngine):
         # the ELBOs and the inversion check compile and run the flow and its inverse (seconds
         # on a first call): computed when first read (the same numbers, from the same keys)
         def elbo():
-            value, se = flow.elbo(k_elbo, num_elbo)
+            value, se = flow.elbo(result_key(1), num_elbo)
             return {"elbo": float(value), "elbo_se": float(se)}
 
         def reference_elbo():
             # the reference's ELBO by the same estimator (a flow of length 1 is q0 itself)
-            value, se = _jit_elbo(k_elbo, params, dynamic, target, 1, 1, 4 * num_elbo)
+            value, se = _jit_elbo(result_key(1), params, dynamic, target, 1, 1, 4 * num_elbo)
             return {"reference_elbo": float(value), "reference_elbo_se": float(se)}
 
         def inversion_error():
             return {"inversion_error": float(jnp.max(
-                flow.inversion_error(k_inv, self.flow_length, 8)))}
+                flow.inversion_error(result_key(3), self.flow_length, 8)))}
 
         stats.update(step_size=step,
                      grad_evals=self._grad_evals(len(info.elbo), num_elbo, loc.shape[0]))
@@ -490,7 +533,8 @@ class MixFlow(DensityEngine):
                                   (("inversion_error",), inversion_error)])
         return InferenceResult(
             type(self).__name__, bridge, args, kwargs,
-            lambda n=self.num_draws: flow.sample(k_draw, n).x, info._asdict(), state=state,
+            lambda n=self.num_draws: flow.sample(result_key(2), n).x, info._asdict(),
+            state=state,
             objective=self.objective, sampler=lambda key, n: flow.sample(key, n).x,
             guide=latent_guide(bridge, _mixflow_latent(flow)), params={},
             log_q=flow.marginal_log_density, elbo_fn=flow.elbo, stats=stats, flow=flow,
@@ -689,13 +733,3 @@ class MixFlowKernel(KernelAdapter):
         # vectorized chains may reach here batched (one row per chain)
         p = jax.vmap(step)(point) if state.x.ndim > 1 else step(point)
         return MixFlowKernelState(*p, state.rng_key)
-
-
-@brief_jit
-def _reference_parts(state):
-    """The fitted reference ``(loc, scale, tril)`` and whether it is finite, in one compiled
-    program."""
-    loc, scale, tril = reference_gaussian(state)
-    arrays = (loc, scale) + (() if tril is None else (tril,))
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
-    return loc, scale, tril, finite
