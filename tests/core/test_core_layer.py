@@ -195,6 +195,32 @@ def test_mixflow_map_keeps_the_density_of_its_end_point():
     back, _ = mf.inverse_flow_map(q, params, vg, 7)
     np.testing.assert_allclose(back.x, p.x, atol=1e-5)
     np.testing.assert_allclose(back.log_p, p.log_p, rtol=1e-5)
+    # the gradient-only map (the sampler's): the same point, its log_p left at the input's
+    g, log_jac_g = mf.flow_map(p, params, vg, 7, with_value=False)
+    for name in ("x", "rho", "u", "grad"):
+        np.testing.assert_allclose(getattr(g, name), getattr(q, name), rtol=1e-6)
+    np.testing.assert_allclose(log_jac_g, mf.flow_map(p, params, vg, 7)[1], rtol=1e-6)
+    assert g.log_p == p.log_p
+
+
+def test_mixflow_full_rank_reference_entropy():
+    # the full-rank reference starts at N(loc, W W^T): its ELBO estimate is E log p + the
+    # entropy log |det W| + d/2 (1 + log 2 pi), with log |det W| computed once at init (and
+    # from W where a hand-made state lacks it). With log p = 0 the estimate is the entropy
+    from numpyro_gflow.core import mixflow as mf
+
+    d = 3
+    w = jnp.array([[2.0, 0.0, 0.0], [0.5, 0.25, 0.0], [-1.0, 3.0, 4.0]])   # det 2
+    opt = optax.adam(1e-3)
+    state = mf.reference_init(jnp.ones(d), None, opt, jax.random.key(0), whiten=w)
+
+    def score(z, key):
+        return jnp.zeros(z.shape[0]), jnp.zeros_like(z)
+
+    exact = np.log(2.0) + 0.5 * d * (1.0 + np.log(2 * np.pi))
+    for s in (state, state._replace(log_det=None)):
+        _, info = mf.reference_step(s, score, opt, 4)
+        np.testing.assert_allclose(info.elbo, exact, rtol=1e-6)
 
 
 def test_fbgvi_iterate_average_weights_iterate_j_like_j_cubed():
