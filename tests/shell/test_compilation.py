@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pytest
 
 import numpyro_gflow as gf
 from numpyro_gflow.compilation import BRIEF, SHORT, Background, brief_jit
@@ -67,9 +68,14 @@ def test_background_compilation_is_what_the_later_call_runs():
     assert COMPILES.count("background_probe_g") == compiled   # and the call did not again
 
 
-def test_mixflow_compiles_its_grid_and_sampler_once():
+@pytest.mark.parametrize("reference, rule", [("fullrank", "acceptance"),
+                                             ("meanfield", "acceptance"),
+                                             ("fullrank", "elbo")])
+def test_mixflow_compiles_its_grid_and_sampler_once(reference, rule):
     # the step-size grid's and the sampler's programs are lowered before the reference fit and
-    # compiled in a background thread; run + get_samples(num_draws) must then use them
+    # compiled in a background thread; run + get_samples(num_draws) must then use them (the
+    # grid's program takes the fitted reference's state, whose fields differ between a
+    # full-rank and a mean-field reference)
     def model(y):
         m = numpyro.sample("m", dist.Normal(0.0, 3.0))
         s = numpyro.sample("s", dist.HalfNormal(2.0))
@@ -77,10 +83,12 @@ def test_mixflow_compiles_its_grid_and_sampler_once():
             numpyro.sample("y", dist.Normal(m, s), obs=y)
 
     y = np.linspace(-1.0, 2.0, 17).astype(np.float32)   # a shape no other test uses
-    engine = gf.MixFlow(model, flow_length=8, num_leapfrog=3, num_draws=300)
-    before = (COMPILES.count("_jit_tune_acceptance"), COMPILES.count("_jit_sample"))
+    engine = gf.MixFlow(model, flow_length=8, num_leapfrog=3, num_draws=300, reference=reference,
+                        step_size_rule=rule)
+    grid = f"_jit_tune_{rule}"
+    before = (COMPILES.count(grid), COMPILES.count("_jit_sample"))
     result = engine.run(jax.random.key(0), 20, y, progress_bar=False, diagnose=False)
     draws = result.get_samples(300, jax.random.key(1))
     assert draws["m"].shape == (300,) and np.all(np.isfinite(draws["m"]))
-    after = (COMPILES.count("_jit_tune_acceptance"), COMPILES.count("_jit_sample"))
+    after = (COMPILES.count(grid), COMPILES.count("_jit_sample"))
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
