@@ -72,7 +72,6 @@ __all__ = [
     "sample",
     "sample_from",
     "sample_many",
-    "sample_many_with_density",
     "log_density",
     "elbo",
     "inversion_error",
@@ -182,15 +181,14 @@ def flow_map(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
 
 
 def inverse_flow_map(p: FlowPoint, params: MixFlowParams, value_and_grad: Callable,
-                     num_leapfrog: int, with_value: bool = True) -> tuple[FlowPoint, jax.Array]:
-    """``T^{-1}(p)`` and ``log |J_T(T^{-1} p)|`` (the forward map's log-Jacobian there).
-    ``with_value=False``: as in `flow_map`."""
+                     num_leapfrog: int) -> tuple[FlowPoint, jax.Array]:
+    """``T^{-1}(p)`` and ``log |J_T(T^{-1} p)|`` (the forward map's log-Jacobian there)."""
     d = p.x.shape[-1]
     u = jnp.mod(p.u - d * U_SHIFT, 1.0)
     rho = laplace_icdf(jnp.mod(laplace_cdf(p.rho) - _xi(p.x, _coordinate_u(u, d)[:-1]), 1.0))
     log_jac = log_laplace(rho) - log_laplace(p.rho)
     p = p._replace(rho=rho, u=u)
-    p = _leapfrogs(p, params, value_and_grad, num_leapfrog, -1.0, with_value)
+    p = _leapfrogs(p, params, value_and_grad, num_leapfrog, -1.0)
     return p, log_jac
 
 
@@ -309,86 +307,37 @@ def sample_many(rng_key, num_samples: int, params: MixFlowParams, value_and_grad
     m, d = num_samples, params.loc.shape[-1]
     w = reference_uniforms(rng_key, m, d, params.loc.dtype)
     n = _num_maps(w[:, -1], flow_length)
-    starts = _pack(jax.vmap(lambda r: start(r, params, value_and_grad)[0])(w))
+    # one row per draw (a draw with K = 0 is its start) and a discard row, index m, where the
+    # slots with nothing to hand in write
+    out = _pack(jax.vmap(lambda r: start(r, params, value_and_grad)[0])(w))
+    out = jnp.concatenate([out, out[:1]])
+    width = m if m < SAMPLE_CHUNK_MIN else -(-m // SAMPLE_CHUNKS)
+    order = jnp.argsort(-n)                         # the queue: longest first
     # the maps evaluate gradients only; each draw's log pi is evaluated once, after the loop
     # (one copy of the leapfrog step in the loop's program instead of two: 0.1 s less to
     # compile on the breast-cancer regression)
     one_map = jax.vmap(lambda q: flow_map(q, params, value_and_grad, num_leapfrog, False)[0])
-    out = _unpack(_queued(starts, n, lambda a: _pack(one_map(_unpack(a, d)))), d)
-    return out._replace(log_p=jax.vmap(lambda x: value_and_grad(x)[0])(out.x))
-
-
-def _queued(rows, counts, advance: Callable):
-    """Row ``i`` of ``rows`` (m, c) after ``counts[i]`` applications of ``advance`` (a batch
-    of rows -> the same rows one step on): the rows wait in a queue, largest count first; a
-    batch of slots (all rows below `SAMPLE_CHUNK_MIN`, else a `SAMPLE_CHUNKS`-th of them)
-    advances the rows it holds once per iteration, and a slot whose row has had its steps
-    hands it in and takes the next from the queue (`sample_many`)."""
-    m = rows.shape[0]
-    width = m if m < SAMPLE_CHUNK_MIN else -(-m // SAMPLE_CHUNKS)
-    # one row per input (a row with count 0 is handed in unchanged) and a discard row, index
-    # m, where the slots with nothing to hand in write
-    out = jnp.concatenate([rows, rows[:1]])
-    order = jnp.argsort(-counts)                    # the queue: largest first
 
     def body(carry):
         slots, left, ids, queued, out = carry
         moving = left > 0
-        slots = jnp.where(moving[:, None], advance(slots), slots)
+        slots = jnp.where(moving[:, None], _pack(one_map(_unpack(slots, d))), slots)
         left = left - moving.astype(left.dtype)
         done = (left == 0) & (ids < m)
         out = out.at[jnp.where(done, ids, m)].set(slots)
-        # the finished slots take the next rows of the queue, in slot order
+        # the finished slots take the next draws of the queue, in slot order
         pos = queued + jnp.cumsum(done) - 1
         refill = done & (pos < m)
         nxt = order[jnp.minimum(pos, m - 1)]
         slots = jnp.where(refill[:, None], out[nxt], slots)
-        left = jnp.where(refill, counts[nxt], left)
+        left = jnp.where(refill, n[nxt], left)
         ids = jnp.where(refill, nxt, jnp.where(done, m, ids))   # m: the slot is retired
         return slots, left, ids, queued + jnp.sum(done).astype(queued.dtype), out
 
     first = order[:width]
-    carry = (out[first], counts[first], first, jnp.asarray(width, order.dtype), out)
-    return lax.while_loop(lambda c: jnp.any(c[2] < m), body, carry)[4][:m]
-
-
-def sample_many_with_density(rng_key, num_samples: int, params: MixFlowParams,
-                             value_and_grad: Callable, flow_length: int, num_leapfrog: int
-                             ) -> tuple[FlowPoint, jax.Array]:
-    """`sample_many`'s draws ``z_K = T^K z0`` (the same draws) and ``log q_N`` at each, from the
-    draw's own trajectory: ``log q_N(z_K) = logsumexp_{j = K-N+1..K} [log q0(z_j) + C_j] - C_K
-    - log N`` with ``z_j = T^j z0`` and ``C_j`` the cumulative log-Jacobian from ``z0``
-    (negative ``j``: the inverse map). The ``K`` forward maps that make the draw give the terms
-    ``j = 0..K``, ``N - 1 - K`` inverse maps from ``z0`` the rest: ``N - 1`` maps per draw, where
-    a draw and then `log_density`'s backward pass from it take ``K + N - 1`` (1.5 N on
-    average)."""
-    m, d = num_samples, params.loc.shape[-1]
-    w = reference_uniforms(rng_key, m, d, params.loc.dtype)
-    n = _num_maps(w[:, -1], flow_length)
-    z0 = jax.vmap(lambda r: start(r, params, value_and_grad)[0])(w)
-    log_q0 = jax.vmap(lambda p: log_reference(p, params))(z0)
-    zero = jnp.zeros((m, 1), params.loc.dtype)
-
-    def along(map_fn, sign):
-        # rows: the packed point, the running log-sum-exp of log q0(z_j) + C_j, and C_j
-        one = jax.vmap(lambda q: map_fn(q, params, value_and_grad, num_leapfrog, False))
-
-        def advance(a):
-            q, log_jac = one(_unpack(a[:, :-2], d))
-            c = a[:, -1] + sign * log_jac
-            term = jax.vmap(lambda p: log_reference(p, params))(q) + c
-            acc = jnp.logaddexp(a[:, -2], _finite_or_neg_inf(term))
-            return jnp.concatenate([_pack(q), acc[:, None], c[:, None]], -1)
-
-        return advance
-
-    fwd = _queued(jnp.concatenate([_pack(z0), log_q0[:, None], zero], -1), n,
-                  along(flow_map, 1.0))
-    back = _queued(jnp.concatenate([_pack(z0), jnp.full((m, 1), -jnp.inf, zero.dtype), zero],
-                                   -1), flow_length - 1 - n, along(inverse_flow_map, -1.0))
-    out = _unpack(fwd[:, :-2], d)
-    log_q = jnp.logaddexp(fwd[:, -2], back[:, -2]) - fwd[:, -1] - jnp.log(flow_length)
-    return out._replace(log_p=jax.vmap(lambda x: value_and_grad(x)[0])(out.x)), log_q
+    carry = (out[first], n[first], first, jnp.asarray(width, order.dtype), out)
+    out = _unpack(lax.while_loop(lambda c: jnp.any(c[2] < m), body, carry)[4][:m], d)
+    return out._replace(log_p=jax.vmap(lambda x: value_and_grad(x)[0])(out.x))
 
 
 def _finite_or_neg_inf(v):
