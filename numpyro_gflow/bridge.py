@@ -289,7 +289,8 @@ class ModelBridge:
         self.factor_sites = factor_sites
         #: `program`'s compiled functions: (name, input signature) -> jitted
         self._programs: dict = {}
-        #: `log_density` inside programs: (inputs' structure, static leaves, avals) -> jaxpr
+        #: `log_density` inside programs: (inputs' structure, static leaves, avals) -> the
+        #: model's traced jaxpr, as a jitted function
         self._densities: dict = {}
 
     # ------------------------------------------------------------------ construction
@@ -523,10 +524,10 @@ class ModelBridge:
         static = tuple(_TRACED if _is_array(x) else x for x in leaves)
         avals = tuple(jax.typeof(x) for x in (z, *arrays))
         try:
-            closed = self._densities.get((treedef, static, avals))
+            replay = self._densities.get((treedef, static, avals))
         except TypeError:   # an unhashable static input
             return None
-        if closed is None:
+        if replay is None:
             def density(z, *arrays):
                 it = iter(arrays)
                 a, kw = jax.tree.unflatten(treedef, [next(it) if s is _TRACED else s
@@ -539,9 +540,9 @@ class ModelBridge:
                 *(jax.ShapeDtypeStruct(v.shape, v.dtype, weak_type=v.weak_type) for v in avals))
             if any(isinstance(c, jax.core.Tracer) for c in closed.consts):
                 return None   # the model closes over a traced value: not reusable elsewhere
-            closed = jax.jit(partial(_eval_closed, closed))
-            self._densities[(treedef, static, avals)] = closed
-        return closed(z, *arrays)[0]
+            replay = jax.jit(partial(_eval_closed, closed))
+            self._densities[(treedef, static, avals)] = replay
+        return replay(z, *arrays)[0]
 
     def value_and_grad(self, z, args=(), kwargs=None, rng_key=None):
         return jax.value_and_grad(self.log_density)(z, args, kwargs, rng_key)
